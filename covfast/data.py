@@ -1,0 +1,152 @@
+"""fastai data: X-ray and mask loading (decoded once per process), SegmentationBlock, DataBlock, DataLoaders."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from fastai.data.block import DataBlock, TransformBlock
+from fastai.data.core import DataLoaders
+from fastai.data.transforms import ColReader, ColSplitter, IntToFloatTensor, Normalize
+from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
+from fastai.torch_core import TensorMask
+from fastai.vision.core import AddMaskCodes, PILImage, PILMask, imagenet_stats
+from matplotlib.colors import ListedColormap
+from PIL import Image
+
+from .config import Config
+from .dataset import scan_tree
+from .errors import CovfastError
+
+__all__ = ["CODES", "InfectionMask", "PILInfectionMask", "read_xray", "read_mask", "load_xray", "load_mask", "XRayBlock", "SegmentationBlock",
+           "xray_augmentations", "covid_datablock", "training_items", "covid_dataloaders", "clear_cache"]
+
+# Output channel i of every model is class i: 0 background, 1 infection.
+CODES: list[str] = ["background", "infection"]
+
+
+# Background transparent, infection red: the reference study's overlay colour.
+INFECTION_CMAP = ListedColormap([(0.0, 0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 1.0)], name="infection")
+
+
+class InfectionMask(TensorMask):
+    "A 0/1 infection mask that shows as red over the X-ray (fastai's default shows 0/1 as near-blank)."
+    _show_args = {"alpha": 0.5, "cmap": INFECTION_CMAP, "interpolation": "nearest"}
+
+    def show(self, ctx=None, **kwargs):
+        # skip TensorMask.show, which would stretch vmax to len(codes)
+        return super(TensorMask, self).show(ctx=ctx, **{"vmin": 0, "vmax": 1, **kwargs})
+
+
+class PILInfectionMask(PILMask):
+    "A PILMask that becomes an `InfectionMask` tensor."
+    _tensor_cls = InfectionMask
+
+
+def read_xray(path: str | Path) -> np.ndarray:
+    "Any PNG/JPEG X-ray (8- or 16-bit, grayscale or RGB) -> uint8 HxW grayscale."
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit: scale the full range, not clip (PIL's convert('L') would saturate)
+            arr = np.asarray(im, dtype=np.float32)
+            top = 65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0
+            return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.asarray(im.convert("L"))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    "A 0/255 mask PNG -> uint8 0/1; any other value is an error that names the file."
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    bad = np.setdiff1d(np.unique(arr), (0, 255))
+    if bad.size:
+        raise CovfastError(f"non-binary mask {path}: holds {', '.join(map(str, bad[:5]))} besides 0 and 255; "
+                           f"run `covfast data check` on the tree")
+    return (arr > 127).astype(np.uint8)
+
+
+# Decode each PNG once per process: on CPU the model is the only thing an epoch should pay for.
+_cached_xray = lru_cache(maxsize=None)(read_xray)
+_cached_mask = lru_cache(maxsize=None)(read_mask)
+
+
+def clear_cache() -> None:
+    "Forget every decoded PNG (after files changed on disk)."
+    _cached_xray.cache_clear()
+    _cached_mask.cache_clear()
+
+
+def load_xray(path: str | Path) -> PILImage:
+    "An X-ray as a 3-channel PILImage, so ImageNet encoders and their normalisation apply."
+    return PILImage.create(np.repeat(_cached_xray(str(path))[..., None], 3, axis=2))
+
+
+def load_mask(path: str | Path) -> PILInfectionMask:
+    "A 0/255 mask as a PILMask of class indices 0/1."
+    return PILInfectionMask.create(_cached_mask(str(path)))
+
+
+def XRayBlock() -> TransformBlock:
+    "A `TransformBlock` for grayscale X-rays read as 3-channel images."
+    return TransformBlock(type_tfms=load_xray, batch_tfms=IntToFloatTensor)
+
+
+def SegmentationBlock(codes: list[str] = CODES) -> TransformBlock:
+    "fastai's `MaskBlock`, with masks stored as 0/255 read as class indices 0/1 and other values rejected."
+    return TransformBlock(type_tfms=load_mask, item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
+
+
+def xray_augmentations() -> list:
+    """Batch augmentations for chest X-rays: small rotation, zoom and warp, brightness/contrast.
+
+    No flips: a chest X-ray is not mirror-symmetric (the heart sits on the patient's left, and
+    films are read in one orientation); a flipped film is an image the model never meets, and the
+    heart's side is a cue for where each lung ends. Black padding, like the air around a patient;
+    reflection padding would mirror half a lung into the corner.
+    """
+    return aug_transforms(do_flip=False, max_rotate=10.0, max_zoom=1.1, max_warp=0.1,
+                          max_lighting=0.2, p_affine=0.75, p_lighting=0.75, pad_mode="zeros")
+
+
+def covid_datablock(
+    img_size: int,  # side of the square the items are resized to
+    codes: list[str] = CODES,
+    augment: bool = True,  # add `xray_augmentations` to the training batches
+) -> DataBlock:
+    "DataBlock over a `scan_tree` DataFrame with an `is_valid` column; ImageNet-normalised."
+    batch_tfms = [*(xray_augmentations() if augment else []), Normalize.from_stats(*imagenet_stats)]
+    return DataBlock(blocks=(XRayBlock(), SegmentationBlock(codes)),
+                     get_x=ColReader("image"), get_y=ColReader("infection_mask"),
+                     splitter=ColSplitter("is_valid"),
+                     item_tfms=Resize(img_size, method=ResizeMethod.Squish),
+                     batch_tfms=batch_tfms)
+
+
+def training_items(df: pd.DataFrame, classes: tuple[str, ...], valid_split: str = "Val") -> pd.DataFrame:
+    "The Train and `valid_split` rows of `classes`, with `is_valid`; an empty side is an error."
+    items = df[df.label.isin(classes) & df.split.isin(["Train", valid_split])].copy()
+    items["is_valid"] = items.split == valid_split
+    for split in ("Train", valid_split):
+        for label in classes:
+            if not ((items.split == split) & (items.label == label)).any():
+                raise CovfastError(f"no {split} images of class {label}: the data root has none; "
+                                   f"check --data or --classes")
+    return items.reset_index(drop=True)
+
+
+def covid_dataloaders(
+    root: str | Path | None = None,  # dataset root (default: config.data_path)
+    config: Config | None = None,  # img_size, bs, classes, num_workers, seed
+    augment: bool = True,
+    **kwargs,  # passed on to `DataBlock.dataloaders` (device, pin_memory, ...)
+) -> DataLoaders:
+    "Train/Val `DataLoaders` for a COVID-QU-Ex tree with the run defaults of `config`."
+    config = config or Config()
+    items = training_items(scan_tree(root if root is not None else config.data_path), config.classes)
+    dblock = covid_datablock(config.img_size, augment=augment)
+    return dblock.dataloaders(items, bs=config.bs, num_workers=config.num_workers, **kwargs)

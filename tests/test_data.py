@@ -1,0 +1,58 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from covfast.config import Config  # noqa: E402
+from covfast.data import InfectionMask, covid_dataloaders, load_mask, read_xray  # noqa: E402
+from covfast.errors import CovfastError  # noqa: E402
+
+
+def check_batches(dls, size, bs):
+    xb, yb = dls.train.one_batch()
+    assert xb.dtype == torch.float32 and xb.shape == (bs, 3, size, size)
+    assert yb.shape == (bs, size, size) and set(yb.unique().tolist()) <= {0, 1}
+    assert isinstance(yb, InfectionMask)
+    # the validation loader is not shuffled or augmented: batch i is items[i*bs:(i+1)*bs]
+    for i, (xv, yv) in enumerate(dls.valid):
+        labels = dls.valid.items.label.iloc[i * bs:(i + 1) * bs].tolist()
+        assert set(yv.unique().tolist()) <= {0, 1}
+        assert (yv.flatten(1).sum(1) > 0).tolist() == [label == "COVID-19" for label in labels]
+        if i == 2:
+            break
+
+
+def test_synthetic_batches(synth_root):
+    dls = covid_dataloaders(synth_root, Config(img_size=48, bs=4, classes=("COVID-19", "Non-COVID")), device="cpu")
+    assert len(dls.train_ds) == 12 and len(dls.valid_ds) == 12
+    assert set(dls.train.items.split) == {"Train"} and set(dls.valid.items.split) == {"Val"}
+    check_batches(dls, 48, 4)
+    dls.show_batch(max_n=2)  # masks carry their own vmin/vmax and colour map
+
+
+def test_real_batches(real_root):
+    dls = covid_dataloaders(real_root, Config(img_size=64, bs=8), device="cpu")
+    assert len(dls.train_ds) == 810 and len(dls.valid_ds) == 699
+    check_batches(dls, 64, 8)
+
+
+def test_all_classes_adds_normal(synth_root):
+    dls = covid_dataloaders(synth_root, Config(img_size=32, bs=2, classes=("COVID-19", "Non-COVID", "Normal")))
+    assert len(dls.train_ds) == 18
+
+
+def test_mask_with_other_values_is_refused(tmp_path):
+    from PIL import Image
+    p = tmp_path / "m.png"
+    Image.fromarray(np.array([[0, 255], [128, 0]], np.uint8)).save(p)
+    with pytest.raises(CovfastError, match="128"):
+        load_mask(p)
+
+
+def test_read_xray_scales_16_bit(tmp_path):
+    from PIL import Image
+    p = tmp_path / "x16.png"
+    Image.fromarray(np.array([[0, 65535], [32768, 0]], np.uint16)).save(p)
+    assert read_xray(p).tolist() == [[0, 255], [128, 0]]
