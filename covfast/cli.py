@@ -115,6 +115,84 @@ def synth(
     typer.echo(f"Wrote {9 * per_class} synthetic X-rays ({size}x{size}) with masks under {out}")
 
 
+ArchArg = Annotated[str, typer.Argument(
+    help="Model: attention-unet, resnet34 (DynamicUnet on ResNet34; also resnet18/50/101) or timm/NAME "
+         "(a timm CNN encoder, e.g. timm/efficientnet_b0).", show_default=False)]
+SizeOpt = Annotated[Optional[int], typer.Option("--size", min=16, help="Image side the items are resized to. Default: img_size.", show_default=False)]
+BsOpt = Annotated[Optional[int], typer.Option("--bs", min=1, help="Batch size. Default: bs.", show_default=False)]
+ClassesOpt = Annotated[Optional[str], typer.Option(
+    "--classes", help="Comma-separated classes to train on, or 'all' (adds Normal). Default: classes (COVID-19,Non-COVID).",
+    show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed. Default: seed.", show_default=False)]
+PretrainedOpt = Annotated[bool, typer.Option(
+    "--pretrained/--no-pretrained", help="Start the encoder from ImageNet weights (downloaded once, then cached); "
+                                         "offline, covfast warns and trains from scratch.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="cpu or cuda. Default: cuda when PyTorch sees a GPU, else cpu.", show_default=False)]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", min=0, help="DataLoader worker processes. Default: num_workers (0 on CPU; up to 8 on CUDA).", show_default=False)]
+
+
+@app.command("train")
+def train_cmd(
+    arch: ArchArg,
+    data: DataOpt = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs of the one-cycle schedule. Default: epochs (30).", show_default=False)] = None,
+    lr: Annotated[Optional[str], typer.Option("--lr", help="Peak learning rate, or 'auto' to run lr_find and take its valley. Default: lr.", show_default=False)] = None,
+    bs: BsOpt = None,
+    size: SizeOpt = None,
+    classes: ClassesOpt = None,
+    pretrained: PretrainedOpt = True,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run directory name under runs_dir. Default: <arch>-<YYYYmmdd-HHMMSS>.", show_default=False)] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue this interrupted run (path or name) from its last completed epoch.", show_default=False)] = None,
+    seed: SeedOpt = None,
+    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Mixed precision on CUDA (bf16 where supported, else fp16).")] = True,
+    device: DeviceOpt = None,
+    workers: WorkersOpt = None,
+    gate_topk: Annotated[float, typer.Option("--gate-topk", min=0.0, max=1.0, help="Outside training, call an image infected only if its top share of pixels (this share) is on average infection; 0 turns the gate off.")] = 0.02,
+    empty_weight: Annotated[float, typer.Option("--empty-weight", min=0.0, help="Weight of an extra image-level loss term against false positives on empty masks; 0 gives plain CE + Dice.")] = 0.0,
+) -> None:
+    """Train a model with fastai's one-cycle schedule into a run directory (Ctrl-C keeps the last epoch's checkpoint)."""
+    from .models import check_arch
+    from .runs import read_json, resolve_run
+    from .train import train
+
+    config = load_config(data_path=data, epochs=epochs, lr=lr, bs=bs, img_size=size, classes=classes, seed=seed,
+                         num_workers=workers)
+    if resume is not None:
+        run_arch = read_json(resolve_run(resume, config.runs_dir) / "config.json").get("arch")
+        if run_arch != check_arch(arch):
+            raise CovfastError(f"run {resume} trained {run_arch}, not {arch}; use covfast train {run_arch} --resume {resume}")
+    try:
+        train(arch, data, config, name=name, pretrained=pretrained, device=device, fp16=fp16, resume=resume,
+              empty_weight=empty_weight, gate_topk=gate_topk)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
+@app.command("lr-find")
+def lr_find_cmd(
+    arch: ArchArg,
+    data: DataOpt = None,
+    bs: BsOpt = None,
+    size: SizeOpt = None,
+    classes: ClassesOpt = None,
+    pretrained: PretrainedOpt = True,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for lr_find.png and lr_find.csv. Default: runs_dir/lr-find-<arch>-<time>.", show_default=False)] = None,
+    num_it: Annotated[int, typer.Option("--num-it", min=5, help="Mini-batches to try, from 1e-7 up.")] = 100,
+) -> None:
+    """Run fastai's lr_find: print the valley, slide, minimum and steep suggestions and save the plot."""
+    from .train import find_lr
+
+    config = load_config(data_path=data, bs=bs, img_size=size, classes=classes, seed=seed)
+    values, path = find_lr(arch, data, config, out=out, pretrained=pretrained, device=device, num_it=num_it)
+    for key, value in values.items():
+        typer.echo(f"{key:>8}: {value:.2e}")
+    typer.echo(f"plot: {path}")
+
+
 def main() -> None:
     "Console-script entry point."
     app(prog_name="covfast")

@@ -1,0 +1,154 @@
+"""One definition of every segmentation metric (DESIGN.md), used by training logs, evaluation and reports.
+
+Truth = mask > 127 (or class index 1); prediction = argmax over the 2 output channels. Per image:
+dice = 2|P∩G| / (|P|+|G|), iou = |P∩G| / |P∪G|, both 1 when P and G are empty.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+from fastai.learner import Metric
+
+__all__ = ["gate_empty", "EmptyGate", "confusion_counts", "dice_from_counts", "iou_from_counts", "pooled_dice", "SegmentationStats",
+           "segmentation_metrics"]
+
+
+def gate_empty(logits: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
+    """Empty the predicted mask of images whose `topk` most confident pixels are not, on average, infection.
+
+    Per-pixel argmax fires on any single pixel; a healthy lung then gets a few stray blobs, and a
+    Non-COVID image with one COVID-looking spot gets a mask. This asks for evidence over a share of
+    the image (the mean infection margin, logit 1 - logit 0, of its top `topk` pixels must be > 0)
+    before any pixel is called infection. Logits (B, 2, H, W) in, logits out; `topk=0` is a no-op.
+    """
+    if not topk:
+        return logits
+    margin = (logits[:, 1] - logits[:, 0]).flatten(1)
+    k = max(1, int(topk * margin.shape[1]))
+    empty = margin.topk(k, dim=1).values.mean(1) <= 0
+    if not empty.any():
+        return logits
+    out = logits.clone()
+    # just below background, so argmax says background everywhere and the loss stays finite
+    out[empty, 1] = torch.minimum(out[empty, 1], out[empty, 0] - 1e-3)
+    return out
+
+
+class EmptyGate(Callback):
+    "Applies `gate_empty` to the model's output outside training: validation, get_preds, show_results."
+    order = -5  # right after the forward pass, before the loss and every metric
+
+    def __init__(self, topk: float = 0.02):
+        self.topk = topk
+
+    def after_pred(self):
+        if not self.training and self.topk:
+            self.learn.pred = gate_empty(self.pred, self.topk)
+
+
+def confusion_counts(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    "Per-image (TP, FP, FN) pixel counts, shape (B, 3), of binary (B, ...) prediction and truth."
+    pred, truth = pred.bool().flatten(1), truth.bool().flatten(1)
+    tp = (pred & truth).sum(1)
+    return torch.stack([tp, pred.sum(1) - tp, truth.sum(1) - tp], dim=1)
+
+
+def _ratio(num, den):
+    "num/den, and 1 where den is 0 (both masks empty)."
+    if isinstance(num, torch.Tensor):
+        num, den = num.double(), den.double()
+        return torch.where(den > 0, num / den.clamp(min=1), torch.ones_like(den))
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    return np.where(den > 0, num / np.maximum(den, 1), 1.0)
+
+
+def dice_from_counts(tp, fp, fn):
+    "Per-image Dice from (TP, FP, FN); 1 when prediction and truth are both empty."
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def iou_from_counts(tp, fp, fn):
+    "Per-image IoU from (TP, FP, FN); 1 when prediction and truth are both empty."
+    return _ratio(tp, tp + fp + fn)
+
+
+def pooled_dice(tp, fp, fn) -> float:
+    "2ΣTP / (2ΣTP + ΣFP + ΣFN) over a set of images (fastai's `Dice`); 1 when all are empty."
+    tp, fp, fn = (float(np.sum(np.asarray(v, dtype=float))) for v in (tp, fp, fn))
+    return 1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+class SegmentationStats(Callback):
+    """Collects per-image counts of every training and validation batch, once per batch.
+
+    Validation labels come from the items of the (unshuffled) validation loader by position, so
+    'COVID Dice' is the mean over COVID-19 images and 'Non-COVID Dice' over Non-COVID images.
+    """
+    order = 60  # after the loss is computed; before Recorder reads the metrics at after_validate
+
+    def __init__(self):
+        self.train_counts, self.valid_counts, self.valid_labels = [], [], []
+
+    def before_epoch(self):
+        self.train_counts = []
+
+    def before_validate(self):
+        self.valid_counts, self.valid_labels, self._seen = [], [], 0
+
+    def after_batch(self):
+        if not len(self.yb):
+            return
+        pred, truth = self.pred.detach().argmax(dim=1), self.yb[0].detach()
+        counts = confusion_counts(pred == 1, truth == 1).cpu()
+        if self.training:
+            self.train_counts.append(counts)
+            return
+        self.valid_counts.append(counts)
+        items = getattr(self.dl, "items", None)
+        if items is not None and "label" in getattr(items, "columns", []):
+            labels = items.label.iloc[self._seen:self._seen + len(counts)].tolist()
+        else:  # no labels: by the dataset's definition COVID-19 images are those with infection
+            labels = ["COVID-19" if t else "Non-COVID" for t in (counts[:, 0] + counts[:, 2] > 0).tolist()]
+        self.valid_labels.extend(labels)
+        self._seen += len(counts)
+
+    def dice(self, train: bool = False, label: str | None = None) -> float:
+        "Mean per-image Dice of the epoch's training or validation images, optionally of one class."
+        counts = self.train_counts if train else self.valid_counts
+        if not counts:
+            return float("nan")
+        c = torch.cat(counts)
+        d = dice_from_counts(c[:, 0], c[:, 1], c[:, 2])
+        if label is not None:
+            keep = torch.tensor([lab == label for lab in self.valid_labels], dtype=torch.bool)
+            d = d[keep]
+        return float(d.mean()) if len(d) else float("nan")
+
+
+class _StatMetric(Metric):
+    "A fastai metric whose value is read from a `SegmentationStats` callback (no double work)."
+
+    def __init__(self, name: str, value_fn: Callable[[], float]):
+        self._name, self.value_fn = name, value_fn
+
+    def reset(self): pass
+
+    def accumulate(self, learn): pass
+
+    @property
+    def value(self): return self.value_fn()
+
+    @property
+    def name(self): return self._name
+
+
+def segmentation_metrics(stats: SegmentationStats) -> list[Metric]:
+    "train Dice, valid COVID Dice, valid Non-COVID Dice, valid mean Dice (the reference's Tables II, III)."
+    return [_StatMetric("train_dice", lambda: stats.dice(train=True)),
+            _StatMetric("valid_dice_covid", lambda: stats.dice(label="COVID-19")),
+            _StatMetric("valid_dice_noncovid", lambda: stats.dice(label="Non-COVID")),
+            _StatMetric("valid_dice_mean", lambda: stats.dice())]

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+
+from covfast.losses import SegLoss
+from covfast.metrics import confusion_counts, dice_from_counts, gate_empty, iou_from_counts, pooled_dice
+
+
+def masks(*pixel_sets, size=4):
+    out = torch.zeros(len(pixel_sets), size, size, dtype=torch.bool)
+    for i, pixels in enumerate(pixel_sets):
+        for r, c in pixels:
+            out[i, r, c] = True
+    return out
+
+
+def test_hand_computed_cases():
+    pred = masks([], [(0, 0)], [(0, 0), (0, 1), (1, 0), (1, 1)])
+    truth = masks([], [(3, 3)], [(0, 0), (0, 1), (2, 2), (2, 3)])
+    counts = confusion_counts(pred, truth)
+    assert counts.tolist() == [[0, 0, 0], [0, 1, 1], [2, 2, 2]]
+    tp, fp, fn = counts.T
+    # empty + empty = 1; disjoint = 0; 2 of 4 vs 4: dice 2*2/(4+4), iou 2/6
+    assert dice_from_counts(tp, fp, fn).tolist() == pytest.approx([1.0, 0.0, 0.5])
+    assert iou_from_counts(tp, fp, fn).tolist() == pytest.approx([1.0, 0.0, 1 / 3])
+
+
+def test_pooled_differs_from_per_image_mean():
+    # image A predicted perfectly (100 px); image B has an empty truth and one false-positive pixel
+    tp, fp, fn = np.array([100, 0]), np.array([0, 1]), np.array([0, 0])
+    per_image = dice_from_counts(tp, fp, fn)
+    assert per_image.tolist() == [1.0, 0.0] and per_image.mean() == 0.5
+    assert pooled_dice(tp, fp, fn) == pytest.approx(200 / 201)
+    assert pooled_dice([0], [0], [0]) == 1.0
+
+
+def test_loss_image_term_rewards_empty_prediction_on_empty_truth():
+    loss = SegLoss(empty_weight=1.0)
+    truth = torch.zeros(1, 8, 8, dtype=torch.long)
+    empty = torch.zeros(1, 2, 8, 8)
+    empty[:, 0] = 5.0  # confident background everywhere
+    blob = empty.clone()
+    blob[:, 1, :2, :2] = 10.0  # a confident 4-pixel false positive
+    assert loss.image_term(blob, truth) > loss.image_term(empty, truth) + 1
+    assert loss(blob, truth) > loss(empty, truth)
+    assert loss.decodes(blob)[0, :2, :2].eq(1).all() and loss.decodes(blob).sum() == 4
+    assert SegLoss(empty_weight=0)(blob, truth) < loss(blob, truth)
+
+
+def test_gate_empties_images_without_enough_evidence():
+    logits = torch.zeros(3, 2, 16, 16)  # 256 pixels: topk 0.02 looks at the top 5
+    logits[:, 1] = -5.0
+    logits[0, 1, 0, 0] = 10.0  # one confident pixel: top-5 mean margin (10 - 20) / 5 < 0 -> emptied
+    logits[1, 1, :4, :4] = 3.0  # a 16-pixel blob: top-5 mean 3 > 0 -> kept
+    gated = gate_empty(logits, topk=0.02)
+    masks = gated.argmax(1)
+    assert masks[0].sum() == 0 and masks[1].sum() == 16 and masks[2].sum() == 0
+    assert torch.equal(gated[1], logits[1]) and torch.isfinite(gated).all()
+    assert torch.equal(gate_empty(logits, topk=0), logits)

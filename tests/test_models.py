@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from covfast.errors import CovfastError
+from covfast.learner import build_model
+from covfast.models import AttentionUNet, check_arch
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (50, 70), (33, 96)])
+def test_attention_unet_any_input_size(shape):
+    model = AttentionUNet(3, 2, features=(4, 8, 16, 32)).eval()
+    x = torch.randn(2, 3, *shape)
+    out, maps = model.forward_with_attention(x)
+    assert out.shape == (2, 2, *shape)
+    # one map per gated skip, coarsest first, each in [0, 1] at its skip's (padded) spatial size
+    padded = [((s + 7) // 8) * 8 for s in shape]
+    assert [m.shape for m in maps] == [(2, 1, padded[0] // f, padded[1] // f) for f in (4, 2, 1)]
+    for m in maps:
+        assert m.min() >= 0 and m.max() <= 1
+    assert torch.equal(model(x), out)
+
+
+def test_attention_gate_multiplies_skip_by_map():
+    model = AttentionUNet(3, 2, features=(4, 8)).eval()
+    gate = model.gates[0]
+    g, x = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    gated, alpha = gate(g, x)
+    assert torch.allclose(gated, x * alpha)
+
+
+def test_bad_widths_raise():
+    with pytest.raises(ValueError, match="features"):
+        AttentionUNet(3, 2, features=(8,))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "timm/resnet18"])
+def test_dynamic_unet_shapes(arch):
+    model = build_model(arch, n_out=2, img_size=(64, 64)).eval()
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_arch_names():
+    assert check_arch("ResNet34") == "resnet34" and check_arch("attention-unet") == "attention-unet"
+    assert check_arch("timm/efficientnet_b0") == "timm/efficientnet_b0"
+    with pytest.raises(CovfastError, match="unknown architecture"):
+        check_arch("vgg16")
+    with pytest.raises(CovfastError, match="unknown timm model"):
+        check_arch("timm/not_a_model")
