@@ -193,6 +193,56 @@ def lr_find_cmd(
     typer.echo(f"plot: {path}")
 
 
+RunArg = Annotated[str, typer.Argument(help="Run directory, or its name under runs_dir.", show_default=False)]
+SplitOpt = Annotated[str, typer.Option("--split", help="Split to score: Train, Val or Test.")]
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: RunArg,
+    split: SplitOpt = "Test",
+    data: DataOpt = None,
+    bs: BsOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Score a run's best weights on a split at the masks' resolution; write eval/<split>/ tables."""
+    from .evaluate import evaluate, reference_table
+
+    config = load_config(bs=bs)
+    per_image, summary, out = evaluate(run, split, data, config, device=device, progress=_progress("Scoring"))
+    with_ci = summary.assign(
+        dice=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.dice, summary.dice_ci_low, summary.dice_ci_high)],
+        iou=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.iou, summary.iou_ci_low, summary.iou_ci_high)])
+    cols = ["group", "n", "dice", "iou", "dice_pooled", "sensitivity", "specificity", "severity_mae", "severity_band_agreement"]
+    typer.echo(f"{len(per_image)} {split} images; Dice and IoU are per-image means with bootstrap 95% CI\n")
+    typer.echo(with_ci[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    typer.echo("\nAgainst the reference study (30 epochs):\n")
+    typer.echo(reference_table(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    typer.echo(f"\nWrote {out / 'per_image.csv'}, {out / 'summary.csv'}, {out / 'summary.json'}")
+
+
+@app.command("predict")
+def predict_cmd(
+    run: RunArg,
+    paths: Annotated[list[Path], typer.Argument(help="X-ray files (PNG/JPEG, 8- or 16-bit, gray or RGB) and/or folders of them.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. Default: <run>/predictions/<time>.", show_default=False)] = None,
+    lung_masks: Annotated[Optional[Path], typer.Option("--lung-masks", help="Folder of 0/255 lung masks named like the images: adds infection % of lung.", show_default=False)] = None,
+    bs: BsOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Outline infection in new X-rays: a 0/255 mask and a red overlay per image, and predictions.csv."""
+    from .predict import predict
+
+    config = load_config(bs=bs)
+    report = lambda line: typer.echo(f"covfast: error: {line}", err=True)  # noqa: E731
+    table, failures, folder = predict(run, paths, out, lung_masks, config, device=device,
+                                      progress=_progress("Predicting"), on_error=report)
+    typer.echo(f"Wrote {len(table)} masks and overlays, and predictions.csv, to {folder}")
+    if failures:
+        typer.echo(f"covfast: {len(failures)} of {len(failures) + len(table)} files could not be read (listed above)", err=True)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     "Console-script entry point."
     app(prog_name="covfast")

@@ -1,0 +1,62 @@
+"""predict on a mixed folder, and the overlay's colours."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from covfast.cli import app
+from covfast.dataset import DATASET_DIR
+from covfast.predict import overlay
+
+from .test_evaluate import fake_run
+
+runner = CliRunner()
+
+
+def test_overlay_is_red_exactly_where_the_mask_is():
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 3:7] = True
+    rgb = overlay(gray, mask)
+    assert rgb.shape == (8, 8, 3)
+    assert ((rgb[..., 0] > rgb[..., 1]) == mask).all()  # red dominates on the mask only
+    assert (rgb[~mask] == gray[~mask][:, None]).all()  # elsewhere the X-ray is untouched
+
+
+@pytest.fixture
+def mixed_folder(synth_root, tmp_path):
+    src = sorted((synth_root / DATASET_DIR / "Test" / "COVID-19" / "images").iterdir())
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = np.asarray(Image.open(src[0]))
+    Image.fromarray(good).save(folder / "good.png")
+    Image.fromarray(good.astype(np.uint16) * 257).save(folder / "deep16.png")  # 16-bit
+    Image.fromarray(np.stack([good] * 3, -1)).resize((50, 40)).save(folder / "photo.jpg")  # RGB JPEG, other size
+    (folder / "notes.png").write_text("not an image")
+    lungs = tmp_path / "lungs"
+    lungs.mkdir()
+    Image.open(synth_root / DATASET_DIR / "Test" / "COVID-19" / "lung masks" / src[0].name).save(lungs / "good.png")
+    return folder, lungs
+
+
+def test_predict_mixed_folder(synth_root, tmp_path, mixed_folder, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder, lungs = mixed_folder
+    fake_run(tmp_path, synth_root, "everywhere", infection=True)
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", "everywhere", str(folder), "--out", str(out), "--lung-masks", str(lungs)])
+    assert result.exit_code == 1, result.output
+    assert "notes.png" in result.stderr and "1 of 4 files" in result.stderr
+    table = pd.read_csv(out / "predictions.csv").set_index("file")
+    assert len(table) == 3 and not any("notes" in f for f in table.index)
+    row = table.loc[str(folder / "photo.jpg")]
+    mask = np.asarray(Image.open(out / row["mask"]))
+    assert mask.shape == (40, 50) and set(np.unique(mask)) == {255}  # input resolution, 0/255
+    assert row.infected_pixels == 2000 and row.infection_pct_image == 100
+    assert table.loc[str(folder / "good.png"), "infection_pct_lung"] == 100
+    assert np.isnan(table.loc[str(folder / "deep16.png"), "infection_pct_lung"])  # no lung mask of that name
+    assert (out / "overlays" / "deep16.png").is_file()
+    again = runner.invoke(app, ["predict", "everywhere", str(folder), "--out", str(out)])
+    assert again.exit_code == 2 and "already holds" in again.stderr
