@@ -5,3 +5,13 @@ from .data import *  # noqa: F401,F403
 from .dataset import *  # noqa: F401,F403
 from .errors import *  # noqa: F401,F403
 from .synth import *  # noqa: F401,F403
+from .models import *  # noqa: F401,F403
+from .losses import *  # noqa: F401,F403
+from .metrics import *  # noqa: F401,F403
+from .learner import *  # noqa: F401,F403
+from .runs import *  # noqa: F401,F403
+from .train import *  # noqa: F401,F403
+from .predict import *  # noqa: F401,F403
+from .evaluate import *  # noqa: F401,F403
+from .report import *  # noqa: F401,F403
+from .compare import *  # noqa: F401,F403

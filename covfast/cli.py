@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Iterable, Optional
@@ -221,6 +222,33 @@ def evaluate_cmd(
     typer.echo(f"\nWrote {out / 'per_image.csv'}, {out / 'summary.csv'}, {out / 'summary.json'}")
 
 
+@app.command("report")
+def report_cmd(
+    run: RunArg,
+    split: SplitOpt = "Test",
+    device: DeviceOpt = None,
+) -> None:
+    """Write an interpretation report (report/index.html with PNG figures) for a run; evaluates first if needed."""
+    from .report import report
+
+    path = report(run, split, load_config(), device=device, progress=_progress("Scoring"))
+    typer.echo(f"Report: {path}")
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: Annotated[list[str], typer.Argument(help="Two or more run directories or names; the first is the baseline (a).", show_default=False)],
+    split: SplitOpt = "Test",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. Default: runs_dir/compare-<time>.", show_default=False)] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Which model, where: metrics side by side, paired per-image Dice differences, the same images through each model."""
+    from .compare import compare
+
+    path = compare(runs, split, out, load_config(), device=device, progress=_progress("Scoring"))
+    typer.echo(f"Comparison: {path}")
+
+
 @app.command("predict")
 def predict_cmd(
     run: RunArg,
@@ -245,4 +273,5 @@ def predict_cmd(
 
 def main() -> None:
     "Console-script entry point."
+    os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI writes PNGs; it never opens a window
     app(prog_name="covfast")

@@ -16,7 +16,7 @@ from .metrics import confusion_counts, dice_from_counts, iou_from_counts, pooled
 from .predict import iter_logits, upsample_mask
 from .runs import load_weights, read_json, resolve_run, write_json
 
-__all__ = ["REFERENCE", "SEVERITY_BANDS", "severity_band", "load_run", "split_items", "score_items",
+__all__ = ["REFERENCE", "SEVERITY_BANDS", "severity_band", "bootstrap_ci", "load_run", "split_items", "score_items",
            "summarize", "evaluate", "reference_table"]
 
 # The reference study (30 epochs): (model, image set, Dice, IoU).
@@ -80,7 +80,7 @@ def score_items(learn, items: pd.DataFrame, gate_topk: float = 0.02, bs: int | N
     return pd.DataFrame(rows)
 
 
-def _bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
     "95% percentile bootstrap interval of the mean."
     if len(values) == 0:
         return float("nan"), float("nan")
@@ -97,8 +97,8 @@ def summarize(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
     rows = []
     for name, g in groups:
         has_truth = (g.tp + g.fn) > 0
-        d_lo, d_hi = _bootstrap_ci(g.dice.to_numpy(), n_boot, seed)
-        i_lo, i_hi = _bootstrap_ci(g.iou.to_numpy(), n_boot, seed)
+        d_lo, d_hi = bootstrap_ci(g.dice.to_numpy(), n_boot, seed)
+        i_lo, i_hi = bootstrap_ci(g.iou.to_numpy(), n_boot, seed)
         tp, fp, fn = g.tp.sum(), g.fp.sum(), g.fn.sum()
         rows.append({
             "group": name, "n": len(g),

@@ -10,25 +10,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.schedule import minimum, slide, steep, valley
+from fastai.learner import Learner
+from fastai.torch_core import set_seed
 
-matplotlib.use("Agg")  # training writes PNGs; it never needs a window
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from fastai.callback.core import Callback  # noqa: E402
-from fastai.callback.schedule import minimum, slide, steep, valley  # noqa: E402
-from fastai.learner import Learner  # noqa: E402
-from fastai.torch_core import set_seed  # noqa: E402
-
-from . import __version__  # noqa: E402
-from .config import Config, parse_lr  # noqa: E402
-from .data import covid_dataloaders  # noqa: E402
-from .dataset import resolve_root  # noqa: E402
-from .errors import CovfastError  # noqa: E402
-from .learner import covfast_learner, pick_device, use_gpu_speedups  # noqa: E402
-from .models import DEFAULT_FEATURES, arch_slug, check_arch  # noqa: E402
-from .runs import (HISTORY_COLUMNS, atomic_save, load_weights, new_run_dir, plain, read_history,  # noqa: E402
+from . import __version__
+from .config import Config, parse_lr
+from .data import covid_dataloaders
+from .dataset import resolve_root
+from .errors import CovfastError
+from .learner import covfast_learner, pick_device, use_gpu_speedups
+from .models import DEFAULT_FEATURES, arch_slug, check_arch
+from .runs import (HISTORY_COLUMNS, atomic_save, load_weights, new_run_dir, plain, read_history,
                    read_json, resolve_run, write_history, write_json)
 
 __all__ = ["RunDirCallback", "train", "find_lr", "learner_for_config", "versions"]

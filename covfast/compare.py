@@ -1,0 +1,107 @@
+"""Compare runs on one split: metrics side by side, paired per-image Dice differences, one figure grid."""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .errors import CovfastError
+from .evaluate import bootstrap_ci, evaluate, load_run
+from .predict import overlay
+from .report import html_page, html_table, infer_cases
+from .runs import resolve_run
+
+__all__ = ["paired_differences", "compare"]
+
+
+def _evaluated(run_dir: Path, split: str, config: Config, device, progress) -> tuple[pd.DataFrame, pd.DataFrame]:
+    folder = run_dir / "eval" / split
+    if (folder / "per_image.csv").is_file():
+        return pd.read_csv(folder / "per_image.csv"), pd.read_csv(folder / "summary.csv")
+    per_image, summary, _ = evaluate(run_dir, split, config=config, device=device, progress=progress)
+    return per_image, summary
+
+
+def paired_differences(base: pd.DataFrame, other: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
+    "Per class and overall: mean of other - base Dice on the same images, bootstrap 95% CI, and wins."
+    joined = base.merge(other, on="image", suffixes=("_a", "_b"))
+    if joined.empty:
+        raise CovfastError("the runs were evaluated on different images; evaluate them on the same --data and --split")
+    joined["diff"] = joined.dice_b - joined.dice_a
+    rows = []
+    for name, g in [*joined.groupby("class_a"), ("All", joined)]:
+        lo, hi = bootstrap_ci(g["diff"].to_numpy(), n_boot)
+        rows.append({"group": name, "n": len(g), "mean_dice_difference": g["diff"].mean(), "ci_low": lo, "ci_high": hi,
+                     "b_better": int((g["diff"] > 1e-9).sum()), "a_better": int((g["diff"] < -1e-9).sum()),
+                     "ties": int((g["diff"].abs() <= 1e-9).sum())})
+    return pd.DataFrame(rows)
+
+
+def compare(
+    runs: list[str | Path],  # two or more run directories or names
+    split: str = "Test",
+    out: str | Path | None = None,  # output folder (default: runs_dir/compare-<time>)
+    config: Config | None = None,
+    device: str | None = None,
+    progress=None,
+) -> Path:
+    "Write index.html, metrics.csv, paired.csv and grid.png comparing `runs` on `split`; returns the page."
+    config = config or Config()
+    if len(runs) < 2:
+        raise CovfastError("compare needs at least two runs")
+    split = split.capitalize()
+    dirs = [resolve_run(r, config.runs_dir) for r in runs]
+    names = [d.name for d in dirs]
+    if len(set(names)) < len(names):
+        raise CovfastError(f"the same run is named twice: {', '.join(names)}")
+    results = [_evaluated(d, split, config, device, progress) for d in dirs]
+    out = Path(out) if out else Path(config.runs_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
+    if (out / "index.html").exists():
+        raise CovfastError(f"{out} already holds a comparison; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["dice", "iou", "dice_pooled", "sensitivity", "specificity", "severity_mae"]
+    metrics = pd.concat([s.set_index("group")[["n", *cols]].add_prefix(f"{n}: ") for n, (_, s) in zip(names, results)], axis=1)
+    metrics.to_csv(out / "metrics.csv")
+    paired = pd.concat([paired_differences(results[0][0], per).assign(a=names[0], b=n)
+                        for n, (per, _) in zip(names[1:], results[1:])], ignore_index=True)
+    paired.to_csv(out / "paired.csv", index=False)
+    # the same images through every model: COVID best/median/worst by mean Dice, and the biggest disagreement
+    merged = results[0][0][["image", "file", "class"]].copy()
+    for n, (per, _) in zip(names, results):
+        merged[n] = merged.image.map(per.set_index("image").dice)
+    merged["mean"], merged["spread"] = merged[names].mean(axis=1), merged[names].max(axis=1) - merged[names].min(axis=1)
+    covid = merged[merged["class"] == "COVID-19"].sort_values("mean")
+    picks = pd.concat([covid.tail(1), covid.iloc[[len(covid) // 2]] if len(covid) else covid.head(0), covid.head(1),
+                       merged.sort_values("spread", ascending=False).head(2)]).drop_duplicates("image")
+    rows = picks.assign(dice=picks["mean"], label=picks["class"])
+    preds = []
+    for d in dirs:
+        learn, cfg, _ = load_run(d, config.runs_dir, device)
+        preds.append(infer_cases(learn, rows, cfg.get("gate_topk", 0.0)))
+    fig, axes = plt.subplots(len(rows), 2 + len(dirs), figsize=(3 * (2 + len(dirs)), 3 * len(rows)), squeeze=False)
+    for r, ax_row in enumerate(axes):
+        first = preds[0][r]
+        ax_row[0].imshow(first["gray"], cmap="gray")
+        ax_row[0].set_title(f"{first['row']['file']} ({first['row']['label']})", fontsize=8)
+        truth = first["truth"] if first["truth"] is not None else np.zeros_like(first["pred"])
+        ax_row[1].imshow(overlay(first["gray"], truth, 0.6)), ax_row[1].set_title("ground truth", fontsize=8)
+        for c, (n, p) in enumerate(zip(names, preds)):
+            ax_row[2 + c].imshow(overlay(p[r]["gray"], p[r]["pred"], 0.6))
+            ax_row[2 + c].set_title(f"{n}\nDice {rows.iloc[r][n]:.3f}", fontsize=8)
+        for ax in ax_row:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "grid.png", dpi=90)
+    plt.close(fig)
+    sections = [("Runs", "<ul>" + "".join(f"<li>{html.escape(n)}: {html.escape(str(d))}</li>" for n, d in zip(names, dirs)) + "</ul>"),
+                (f"Metrics on {split}", html_table(metrics.reset_index())),
+                (f"Paired per-image Dice difference (b - a, a = {names[0]})", html_table(paired)),
+                ("The same images through every model", "<img src='grid.png' alt='comparison grid'>")]
+    (out / "index.html").write_text(html_page(f"covfast comparison ({split})", sections))
+    return out / "index.html"

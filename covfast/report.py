@@ -1,0 +1,165 @@
+"""Interpretation report: figures (matplotlib PNGs) and one self-contained HTML page per run."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import Config
+from .data import read_mask, read_xray
+from .evaluate import SEVERITY_BANDS, evaluate, load_run, reference_table, severity_band
+from .predict import iter_logits, overlay, upsample_mask
+from .runs import read_history
+
+__all__ = ["html_table", "plot_history", "infer_cases", "triptych_figure", "severity_figure", "band_confusion", "html_page", "report"]
+
+
+def plot_history(history: pd.DataFrame, path: Path) -> Path:
+    "Loss and Dice curves per epoch (the reference's Tables II and III as pictures)."
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(history.epoch, history.train_loss, "o-", label="train loss")
+    ax1.plot(history.epoch, history.valid_loss, "o-", label="valid loss")
+    ax1.set_xlabel("epoch"), ax1.set_title("Loss"), ax1.legend()
+    for col, label in [("train_dice", "train Dice"), ("valid_dice_covid", "valid COVID-19 Dice"),
+                       ("valid_dice_noncovid", "valid Non-COVID Dice"), ("valid_dice_mean", "valid mean Dice")]:
+        ax2.plot(history.epoch, history[col], "o-", label=label)
+    ax2.set_ylim(0, 1), ax2.set_xlabel("epoch"), ax2.set_title("Per-image Dice"), ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def infer_cases(learn, rows: pd.DataFrame, gate_topk: float) -> list[dict]:
+    "Gray image, truth, prediction (mask resolution) and attention maps, for a few per-image rows."
+    items = rows.rename(columns={"class": "label"}).reset_index(drop=True)
+    out = []
+    for i, logits, _ in iter_logits(learn, items[["image"]], gate_topk, bs=8):
+        row = items.iloc[i]
+        gray = read_xray(row.image)
+        truth_path = Path(row.image).parent.parent / "infection masks" / Path(row.image).name
+        truth = read_mask(truth_path).astype(bool) if truth_path.is_file() else None
+        out.append({"row": row, "gray": gray, "truth": truth, "pred": upsample_mask(logits, gray.shape)})
+    if hasattr(learn.model, "forward_with_attention"):
+        dl = learn.dls.test_dl(items[["image"]], bs=8)
+        maps, k = [], 0
+        with torch.no_grad():
+            for (xb,) in dl:
+                _, gates = learn.model.forward_with_attention(xb)
+                maps.extend(gates[-1][:, 0].float().cpu().numpy())  # the finest gate: most detail
+        for entry, m in zip(out, maps):
+            entry["attention"] = m
+    return out
+
+
+def triptych_figure(entries: list[dict], path: Path, title: str) -> Path:
+    "One row per image: original | ground truth | prediction in red (| attention map)."
+    cols = 4 if entries and "attention" in entries[0] else 3
+    fig, axes = plt.subplots(len(entries), cols, figsize=(3 * cols, 3 * len(entries)), squeeze=False)
+    for ax_row, e in zip(axes, entries):
+        ax_row[0].imshow(e["gray"], cmap="gray")
+        ax_row[0].set_title(f"{e['row']['file']}\n{e['row']['label']}  Dice {e['row']['dice']:.3f}", fontsize=8)
+        truth = e["truth"] if e["truth"] is not None else np.zeros_like(e["pred"])
+        ax_row[1].imshow(overlay(e["gray"], truth, alpha=0.6)), ax_row[1].set_title("ground truth", fontsize=8)
+        ax_row[2].imshow(overlay(e["gray"], e["pred"], alpha=0.6)), ax_row[2].set_title("prediction", fontsize=8)
+        if cols == 4:
+            ax_row[3].imshow(e["attention"], cmap="magma", vmin=0, vmax=1)
+            ax_row[3].set_title("attention (finest gate)", fontsize=8)
+        for ax in ax_row:
+            ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def band_confusion(per_image: pd.DataFrame) -> pd.DataFrame:
+    "Severity bands: true (rows) x predicted (columns) image counts."
+    t = pd.Categorical(np.array(SEVERITY_BANDS)[severity_band(per_image.true_pct_lung)], SEVERITY_BANDS)
+    p = pd.Categorical(np.array(SEVERITY_BANDS)[severity_band(per_image.pred_pct_lung)], SEVERITY_BANDS)
+    table = pd.crosstab(t, p, dropna=False)
+    table.index.name, table.columns.name = "true %", "predicted %"
+    return table
+
+
+def severity_figure(per_image: pd.DataFrame, path: Path) -> Path:
+    "Predicted vs true infection % of lung, one point per image."
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, g in per_image.groupby("class"):
+        ax.scatter(g.true_pct_lung, g.pred_pct_lung, s=10, alpha=0.6, label=label)
+    ax.plot([0, 100], [0, 100], "k--", lw=1)
+    ax.set_xlabel("true infection % of lung"), ax.set_ylabel("predicted infection % of lung")
+    ax.set_xlim(0, 100), ax.set_ylim(0, 100), ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def html_table(df: pd.DataFrame, index: bool = False) -> str:
+    return df.to_html(index=index, float_format=lambda v: f"{v:.4f}", border=0, classes="t")
+
+
+def html_page(title: str, sections: list[tuple[str, str]]) -> str:
+    "A self-contained page (no scripts, no network): sections of (heading, HTML body)."
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd}"
+             "img{max-width:100%}h2{border-bottom:2px solid #c00;padding-bottom:3px}")
+    body = "".join(f"<h2>{html.escape(h)}</h2>\n{b}\n" for h, b in sections)
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>\n{body}</body></html>\n"
+
+
+def report(run: str | Path, split: str = "Test", config: Config | None = None, device: str | None = None,
+           progress=None) -> Path:
+    "Write <run>/report/index.html with its PNGs; evaluates the split first if that was not done."
+    config = config or Config()
+    learn, cfg, run_dir = load_run(run, config.runs_dir, device)
+    folder = run_dir / "eval" / split.capitalize()
+    if (folder / "per_image.csv").is_file():
+        per_image, summary = pd.read_csv(folder / "per_image.csv"), pd.read_csv(folder / "summary.csv")
+    else:
+        per_image, summary, folder = evaluate(run_dir, split, config=config, device=device, progress=progress)
+    split = folder.name
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    gate = cfg.get("gate_topk", 0.0)
+    sections = []
+    settings = {k: cfg.get(k) for k in ("arch", "img_size", "bs", "epochs", "lr", "lr_used", "classes", "seed",
+                                        "pretrained", "pretrained_reason", "gate_topk", "empty_weight", "device",
+                                        "precision", "data_root", "status")}
+    sections.append(("Settings", html_table(pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]}))))
+    history = read_history(run_dir)
+    if len(history):
+        plot_history(history, out / "history.png")
+        sections.append(("Training curves", "<img src='history.png' alt='training curves'>" + html_table(history)))
+    if (run_dir / "lr_find.png").is_file():
+        (out / "lr_find.png").write_bytes((run_dir / "lr_find.png").read_bytes())
+        sections.append(("Learning-rate finder", "<img src='lr_find.png' alt='lr_find plot'>"))
+    cols = ["group", "n", "dice", "dice_ci_low", "dice_ci_high", "iou", "dice_pooled", "iou_pooled",
+            "sensitivity", "specificity", "severity_mae", "severity_band_agreement"]
+    sections.append((f"Evaluation on {split}", html_table(summary[cols]) + "<h3>Against the reference study</h3>"
+                     + html_table(reference_table(summary))))
+    labelled = per_image.assign(label=per_image["class"])
+    covid = labelled[labelled["class"] == "COVID-19"].sort_values("dice")
+    picks = []
+    if len(covid):
+        picks.append(("COVID-19: best, median, worst", pd.concat([covid.tail(1), covid.iloc[[len(covid) // 2]], covid.head(1)])))
+    fps = labelled[(labelled.tp + labelled.fn == 0) & (labelled.fp > 0)].sort_values("fp", ascending=False)
+    if len(fps):
+        picks.append(("Empty-truth images with the largest false positives", fps.head(3)))
+    picks.append(("Top losses", labelled.sort_values("loss", ascending=False).head(4)))
+    for i, (title, rows) in enumerate(picks):
+        name = f"cases_{i}.png"
+        triptych_figure(infer_cases(learn, rows, gate), out / name, title)
+        sections.append((title, f"<img src='{name}' alt='{html.escape(title)}'>"))
+    severity_figure(per_image, out / "severity.png")
+    sections.append(("Severity: infection % of lung", "<img src='severity.png' alt='severity scatter'>"
+                     + html_table(band_confusion(per_image), index=True)))
+    (out / "index.html").write_text(html_page(f"covfast report: {run_dir.name} ({split})", sections))
+    return out / "index.html"
