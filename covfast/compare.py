@@ -79,7 +79,7 @@ def compare(
     covid = merged[merged["class"] == "COVID-19"].sort_values("mean")
     picks = pd.concat([covid.tail(1), covid.iloc[[len(covid) // 2]] if len(covid) else covid.head(0), covid.head(1),
                        merged.sort_values("spread", ascending=False).head(2)]).drop_duplicates("image")
-    rows = picks.assign(dice=picks["mean"], label=picks["class"])
+    rows = picks.assign(dice=picks["mean"])
     preds = []
     for d in dirs:
         learn, cfg, _ = load_run(d, config.runs_dir, device)

@@ -37,7 +37,7 @@ def plot_history(history: pd.DataFrame, path: Path) -> Path:
 
 def infer_cases(learn, rows: pd.DataFrame, gate_topk: float) -> list[dict]:
     "Gray image, truth, prediction (mask resolution) and attention maps, for a few per-image rows."
-    items = rows.rename(columns={"class": "label"}).reset_index(drop=True)
+    items = rows.assign(label=rows["class"]).reset_index(drop=True)
     out = []
     for i, logits, _ in iter_logits(learn, items[["image"]], gate_topk, bs=8):
         row = items.iloc[i]
@@ -145,15 +145,14 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
             "sensitivity", "specificity", "severity_mae", "severity_band_agreement"]
     sections.append((f"Evaluation on {split}", html_table(summary[cols]) + "<h3>Against the reference study</h3>"
                      + html_table(reference_table(summary))))
-    labelled = per_image.assign(label=per_image["class"])
-    covid = labelled[labelled["class"] == "COVID-19"].sort_values("dice")
+    covid = per_image[per_image["class"] == "COVID-19"].sort_values("dice")
     picks = []
     if len(covid):
         picks.append(("COVID-19: best, median, worst", pd.concat([covid.tail(1), covid.iloc[[len(covid) // 2]], covid.head(1)])))
-    fps = labelled[(labelled.tp + labelled.fn == 0) & (labelled.fp > 0)].sort_values("fp", ascending=False)
+    fps = per_image[(per_image.tp + per_image.fn == 0) & (per_image.fp > 0)].sort_values("fp", ascending=False)
     if len(fps):
         picks.append(("Empty-truth images with the largest false positives", fps.head(3)))
-    picks.append(("Top losses", labelled.sort_values("loss", ascending=False).head(4)))
+    picks.append(("Top losses", per_image.sort_values("loss", ascending=False).head(4)))
     for i, (title, rows) in enumerate(picks):
         name = f"cases_{i}.png"
         triptych_figure(infer_cases(learn, rows, gate), out / name, title)
