@@ -182,7 +182,7 @@ def lr_find_cmd(
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for lr_find.png and lr_find.csv. Default: runs_dir/lr-find-<arch>-<time>.", show_default=False)] = None,
-    num_it: Annotated[int, typer.Option("--num-it", min=5, help="Mini-batches to try, from 1e-7 up.")] = 100,
+    num_it: Annotated[int, typer.Option("--num-it", min=20, help="Mini-batches to try, from 1e-7 up.")] = 100,
 ) -> None:
     """Run fastai's lr_find: print the valley, slide, minimum and steep suggestions and save the plot."""
     from .train import find_lr
@@ -190,7 +190,7 @@ def lr_find_cmd(
     config = load_config(data_path=data, bs=bs, img_size=size, classes=classes, seed=seed)
     values, path = find_lr(arch, data, config, out=out, pretrained=pretrained, device=device, num_it=num_it)
     for key, value in values.items():
-        typer.echo(f"{key:>8}: {value:.2e}")
+        typer.echo(f"{key:>8}: {value:.2e}" if value == value else f"{key:>8}: n/a (curve too short; raise --num-it)")
     typer.echo(f"plot: {path}")
 
 

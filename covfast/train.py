@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
 import tempfile
@@ -92,17 +93,31 @@ def learner_for_config(cfg: dict[str, Any], pretrained: bool | None = None, warn
     return learn, status
 
 
+def _tolerant(func):
+    "A suggestion function that gives NaN instead of failing on a short curve (lr_find stops early when the loss diverges)."
+    @functools.wraps(func)
+    def suggest(lrs, losses, num_it):
+        try:
+            return func(lrs, losses, num_it)
+        except (IndexError, ValueError):
+            return float("nan"), (float("nan"), float("nan"))
+    return suggest
+
+
+SUGGESTIONS = tuple(_tolerant(f) for f in (valley, slide, minimum, steep))
+
+
 def _lr_find(learn: Learner, num_it: int = 100):
     "fastai lr_find in a scratch folder (it saves the model there), quietly restoring the model."
     path, model_dir = learn.path, learn.model_dir
     with tempfile.TemporaryDirectory() as tmp:
         learn.path, learn.model_dir = Path(tmp), "models"
         try:
-            suggestions = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), num_it=num_it, show_plot=False)
+            suggestions = learn.lr_find(suggest_funcs=SUGGESTIONS, num_it=num_it, show_plot=False)
         finally:
             learn.path, learn.model_dir = path, model_dir
     fig = plt.figure(figsize=(6, 4))
-    learn.recorder.plot_lr_find(suggest_funcs=(valley, slide, minimum, steep))
+    learn.recorder.plot_lr_find(suggest_funcs=SUGGESTIONS)
     return suggestions, plt.gcf() if plt.gcf().axes else fig
 
 
@@ -147,6 +162,8 @@ def train(
         fig.savefig(run_dir / "lr_find.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         lr = float(suggestions.valley)
+        if not lr > 0:
+            raise CovfastError("lr_find's curve was too short for a valley; pass --lr with a number")
         print(f"lr_find valley: {lr:.2e} (plot: {run_dir / 'lr_find.png'})")
     cfg["lr_used"] = lr
     write_json(run_dir / "config.json", cfg)

@@ -132,7 +132,7 @@ def test_weights_with_pickle_payload_are_refused(synth_root, tmp_path):
 
 def test_lr_find_prints_four_suggestions_and_a_plot(synth_root, tmp_path):
     result = cli("lr-find", "resnet18", "--data", synth_root, "--size", 32, "--bs", 4, "--no-pretrained",
-                 "--num-it", 8, "--out", tmp_path / "lrf")
+                 "--num-it", 40, "--out", tmp_path / "lrf")
     assert result.exit_code == 0, result.output
     for key in ("valley", "slide", "minimum", "steep"):
         assert f"{key}:" in result.stdout
