@@ -55,9 +55,12 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 def test_offline_pretrained_warns_once_and_trains_from_scratch(synth_root, tmp_path, monkeypatch, capsys):
+    from torchvision.models._api import WeightsEnum
+
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    # torchvision binds load_state_dict_from_url at import, so patch the method that calls it: no network
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
     run = train("resnet18", synth_root, tiny(tmp_path), name="offline", pretrained=True)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "trained from scratch" in warnings[0]
