@@ -21,7 +21,8 @@ from .dataset import scan_tree
 from .errors import CovfastError
 
 __all__ = ["CODES", "InfectionMask", "PILInfectionMask", "read_xray", "read_mask", "load_xray", "load_mask", "XRayBlock", "SegmentationBlock",
-           "xray_augmentations", "covid_datablock", "training_items", "covid_dataloaders", "clear_cache"]
+           "xray_augmentations", "covid_datablock", "training_items", "covid_dataloaders", "inference_dataloaders",
+           "clear_cache"]
 
 # Output channel i of every model is class i: 0 background, 1 infection.
 CODES: list[str] = ["background", "infection"]
@@ -81,14 +82,15 @@ def clear_cache() -> None:
     _cached_mask.cache_clear()
 
 
-def load_xray(path: str | Path) -> PILImage:
-    "An X-ray as a 3-channel PILImage, so ImageNet encoders and their normalisation apply."
-    return PILImage.create(np.repeat(_cached_xray(str(path))[..., None], 3, axis=2))
+def load_xray(item: str | Path | np.ndarray) -> PILImage:
+    "An X-ray (a file, or an HxW uint8 array) as a 3-channel PILImage, so ImageNet encoders and their normalisation apply."
+    gray = item if isinstance(item, np.ndarray) else _cached_xray(str(item))
+    return PILImage.create(np.repeat(gray[..., None], 3, axis=2))
 
 
-def load_mask(path: str | Path) -> PILInfectionMask:
-    "A 0/255 mask as a PILMask of class indices 0/1."
-    return PILInfectionMask.create(_cached_mask(str(path)))
+def load_mask(item: str | Path | np.ndarray) -> PILInfectionMask:
+    "A 0/255 mask (a file, or an HxW 0/1 array) as a PILMask of class indices 0/1."
+    return PILInfectionMask.create(item.astype(np.uint8) if isinstance(item, np.ndarray) else _cached_mask(str(item)))
 
 
 def XRayBlock() -> TransformBlock:
@@ -150,3 +152,14 @@ def covid_dataloaders(
     items = training_items(scan_tree(root if root is not None else config.data_path), config.classes)
     dblock = covid_datablock(config.img_size, augment=augment)
     return dblock.dataloaders(items, bs=config.bs, num_workers=config.num_workers, **kwargs)
+
+
+def inference_dataloaders(img_size: int, bs: int = 8, **kwargs) -> DataLoaders:
+    """DataLoaders that carry only the validation transforms of `covid_datablock`, for `test_dl`.
+
+    Built on two blank in-memory items, so a trained run predicts and evaluates without the data
+    root it was trained on (a run directory copied to another machine works on its own).
+    """
+    blank = np.zeros((img_size, img_size), np.uint8)
+    items = pd.DataFrame({"image": [blank, blank], "infection_mask": [blank, blank], "is_valid": [False, True]})
+    return covid_datablock(img_size, augment=False).dataloaders(items, bs=bs, num_workers=0, **kwargs)

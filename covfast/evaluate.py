@@ -34,13 +34,16 @@ def severity_band(pct: np.ndarray | float) -> np.ndarray:
 
 
 def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None = None):
-    "A run's learner with its best weights (model.pth, weights_only), its config and its directory."
+    """A run's learner with its best weights (model.pth, weights_only), its config and its directory.
+
+    Needs only the run directory: the learner carries the validation transforms, not the training data.
+    """
     from .train import learner_for_config
     run_dir = resolve_run(run, runs_dir)
     cfg = read_json(run_dir / "config.json")
     if device is not None:
         cfg["device"] = device
-    learn, _ = learner_for_config(cfg, pretrained=False, warn=False)
+    learn, _ = learner_for_config(cfg, pretrained=False, warn=False, inference=True)
     learn.model.load_state_dict(load_weights(run_dir / "model.pth", map_location=learn.dls.device))
     learn.model.eval()
     learn.path = run_dir

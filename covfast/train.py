@@ -21,7 +21,7 @@ from fastai.torch_core import set_seed
 
 from . import __version__
 from .config import Config, parse_lr
-from .data import covid_dataloaders
+from .data import covid_dataloaders, inference_dataloaders
 from .dataset import resolve_root
 from .errors import CovfastError
 from .learner import covfast_learner, pick_device, use_gpu_speedups
@@ -74,18 +74,25 @@ class RunDirCallback(Callback):
 
 
 def learner_for_config(cfg: dict[str, Any], pretrained: bool | None = None, warn: bool = True,
-                       **dl_kwargs) -> tuple[Learner, Any]:
-    "Data and learner for a run's config.json settings (used by train, resume, lr-find and evaluation)."
+                       inference: bool = False, **dl_kwargs) -> tuple[Learner, Any]:
+    """Data and learner for a run's config.json settings (used by train, resume, lr-find and evaluation).
+
+    `inference=True` builds the learner on `inference_dataloaders` (validation transforms only), so
+    it needs no training data: evaluate, report, compare and predict work from the run directory alone.
+    """
     config = Config(**{k: (tuple(v) if k == "classes" else v) for k, v in cfg.items() if k in Config.__dataclass_fields__})
     device = pick_device(cfg.get("device"))
-    if device.type == "cuda":  # keep the GPU fed: workers that keep their PNG cache, pinned memory
-        dl_kwargs = {"num_workers": config.num_workers or min(8, torch.multiprocessing.cpu_count()),
-                     "pin_memory": True, **dl_kwargs}
-        if dl_kwargs["num_workers"]:
-            dl_kwargs.setdefault("persistent_workers", True)
-        config = config.replace(num_workers=dl_kwargs.pop("num_workers"))
-    set_seed(config.seed, reproducible=True)
-    dls = covid_dataloaders(cfg["data_root"], config, device=device, **dl_kwargs)
+    if inference:
+        dls = inference_dataloaders(config.img_size, config.bs, device=device)
+    else:
+        if device.type == "cuda":  # keep the GPU fed: workers that keep their PNG cache, pinned memory
+            dl_kwargs = {"num_workers": config.num_workers or min(8, torch.multiprocessing.cpu_count()),
+                         "pin_memory": True, **dl_kwargs}
+            if dl_kwargs["num_workers"]:
+                dl_kwargs.setdefault("persistent_workers", True)
+            config = config.replace(num_workers=dl_kwargs.pop("num_workers"))
+        set_seed(config.seed, reproducible=True)
+        dls = covid_dataloaders(cfg["data_root"], config, device=device, **dl_kwargs)
     learn, status = covfast_learner(dls, cfg["arch"], pretrained=cfg.get("pretrained", True) if pretrained is None else pretrained,
                                     features=tuple(cfg.get("features") or DEFAULT_FEATURES),
                                     empty_weight=cfg.get("empty_weight", 0.0), gate_topk=cfg.get("gate_topk", 0.02),

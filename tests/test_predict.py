@@ -60,3 +60,15 @@ def test_predict_mixed_folder(synth_root, tmp_path, mixed_folder, monkeypatch):
     assert (out / "overlays" / "deep16.png").is_file()
     again = runner.invoke(app, ["predict", "everywhere", str(folder), "--out", str(out)])
     assert again.exit_code == 2 and "already holds" in again.stderr
+
+
+def test_predict_needs_only_the_run_directory(synth_root, tmp_path, monkeypatch):
+    "A run copied to another machine, without the data it was trained on, still predicts."
+    monkeypatch.chdir(tmp_path)
+    fake_run(tmp_path, tmp_path / "gone" / "covid-qu-ex", "copied", infection=False)
+    images = synth_root / DATASET_DIR / "Test" / "Non-COVID" / "images"
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", "copied", str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "predictions.csv")
+    assert len(table) == len(list(images.iterdir())) and (table.infected_pixels == 0).all()
