@@ -271,6 +271,17 @@ def predict_cmd(
         raise typer.Exit(1)
 
 
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Empty or new folder for the demo's data, runs and comparison. Default: runs/demo-<time>.", show_default=False)] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """The whole job in minutes, offline: synthetic data, both models trained briefly, evaluated, reported, compared."""
+    from .demo import demo
+
+    demo(out, device=device, say=typer.echo, progress=_progress("Scoring"))
+
+
 def main() -> None:
     "Console-script entry point."
     os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI writes PNGs; it never opens a window

@@ -162,4 +162,6 @@ def inference_dataloaders(img_size: int, bs: int = 8, **kwargs) -> DataLoaders:
     """
     blank = np.zeros((img_size, img_size), np.uint8)
     items = pd.DataFrame({"image": [blank, blank], "infection_mask": [blank, blank], "is_valid": [False, True]})
-    return covid_datablock(img_size, augment=False).dataloaders(items, bs=bs, num_workers=0, **kwargs)
+    # no shuffling or dropped last batch: `dls.one_batch()` (DynamicUnet sizes itself with it) must work
+    return covid_datablock(img_size, augment=False).dataloaders(items, bs=bs, num_workers=0, shuffle=False,
+                                                                 drop_last=False, **kwargs)

@@ -95,3 +95,15 @@ def test_unknown_run_and_split(synth_root, tmp_path):
     fake_run(tmp_path, synth_root, "r", infection=True)
     bad = runner.invoke(app, ["evaluate", "r", "--split", "Tset"])
     assert bad.exit_code == 2 and "Tset" in bad.stderr
+
+
+def test_inference_learner_needs_no_data(tmp_path):
+    "Evaluate/report/predict build their learner from config.json alone, for DynamicUnet runs too."
+    from covfast.train import learner_for_config
+
+    cfg = {"arch": "resnet18", "data_root": str(tmp_path / "absent"), "img_size": 32, "bs": 4, "seed": 0,
+           "classes": ["COVID-19", "Non-COVID"], "num_workers": 0, "pretrained": False, "device": "cpu"}
+    learn, _ = learner_for_config(cfg, pretrained=False, warn=False, inference=True)
+    xb, yb = learn.dls.one_batch()
+    assert xb.shape[1:] == (3, 32, 32)
+    assert learn.model.eval()(xb).shape[1:] == (2, 32, 32)
