@@ -15,3 +15,4 @@ from .predict import *  # noqa: F401,F403
 from .evaluate import *  # noqa: F401,F403
 from .report import *  # noqa: F401,F403
 from .compare import *  # noqa: F401,F403
+from .demo import *  # noqa: F401,F403

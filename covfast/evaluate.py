@@ -33,17 +33,18 @@ def severity_band(pct: np.ndarray | float) -> np.ndarray:
     return np.where(pct <= 0, 0, np.digitize(pct, [25, 50, 75]) + 1)
 
 
-def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None = None):
+def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None = None, with_data: bool = False):
     """A run's learner with its best weights (model.pth, weights_only), its config and its directory.
 
-    Needs only the run directory: the learner carries the validation transforms, not the training data.
+    Needs only the run directory: the learner carries the validation transforms, not the training
+    data. `with_data=True` attaches the run's Train/Val DataLoaders instead (for `learn.show_results()`).
     """
     from .train import learner_for_config
     run_dir = resolve_run(run, runs_dir)
     cfg = read_json(run_dir / "config.json")
     if device is not None:
         cfg["device"] = device
-    learn, _ = learner_for_config(cfg, pretrained=False, warn=False, inference=True)
+    learn, _ = learner_for_config(cfg, pretrained=False, warn=False, inference=not with_data)
     learn.model.load_state_dict(load_weights(run_dir / "model.pth", map_location=learn.dls.device))
     learn.model.eval()
     learn.path = run_dir

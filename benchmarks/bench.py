@@ -1,0 +1,232 @@
+"""covfast's pipeline against the bare model: does training and prediction cost only the model's arithmetic?
+
+For each architecture, at one image size, in one process:
+
+- bare step: forward + backward + optimizer on in-memory tensors (plain PyTorch, covfast's loss), images/s;
+- covfast's training loop: the Learner + DataLoaders reading the PNG tree, steady state (epoch 2, after
+  warm-up batches), images/s; its ratio to the bare step is `train_ratio`. Epoch 1 (PNG decoding)
+  is reported beside epoch 2 (decoded PNGs come from the in-memory cache);
+- the data pipeline alone (iterating the train DataLoader, augmentation included), images/s; its
+  ratio to the training loop is `data_ratio`;
+- prediction through `covfast predict`'s code path (`iter_logits` + upsampling, PNGs decoded on the
+  way) against a bare batched forward; the ratio is `predict_ratio`;
+- forward GFLOPs per image (torch.utils.flop_counter), achieved GFLOP/s (training counts 3x the
+  forward), peak resident memory.
+
+Prints a markdown table; `--json PATH` writes the figures. Default settings take under 5 minutes
+on 2 CPU cores:  python benchmarks/bench.py --size 128 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from fastai.callback.core import Callback, CancelValidException
+from torch.utils.flop_counter import FlopCounterMode
+
+from covfast.config import Config
+from covfast.data import covid_dataloaders
+from covfast.dataset import scan_tree
+from covfast.learner import covfast_learner, pick_device, use_gpu_speedups
+from covfast.losses import SegLoss
+from covfast.predict import iter_logits, upsample_mask
+from covfast.synth import write_synthetic
+
+
+class BatchClock(Callback):
+    "Times every training batch end to end (loader + step) and skips validation."
+    order = 100
+
+    def before_fit(self):
+        self.epochs = []
+
+    def before_epoch(self):
+        self.epochs.append([time.perf_counter()])
+
+    def after_batch(self):
+        if self.training:
+            self.epochs[-1].append(time.perf_counter())
+
+    def before_validate(self):
+        raise CancelValidException
+
+
+def rate(stamps: list[float], bs: int, skip: int = 0) -> float:
+    "Images/s over the batches after the first `skip` (stamps[0] is the epoch start)."
+    stamps = stamps[skip:]
+    return bs * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def autocast(device: torch.device):
+    "What covfast's learner uses on this device: bf16 autocast on CUDA, plain fp32 on CPU."
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def forward_gflops(model: torch.nn.Module, size: int, device: torch.device) -> float:
+    x = torch.zeros(1, 3, size, size, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(x)
+    model.train()
+    return counter.get_total_flops() / 1e9
+
+
+def bare_step(model, bs, size, device, steps, warmup=2) -> float:
+    "Images/s of forward + backward + Adam on one in-memory batch."
+    cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=cl)
+    y = (torch.rand(bs, size, size, device=device) > 0.8).long()
+    loss_func, opt = SegLoss(), torch.optim.Adam(model.parameters(), 1e-4)
+    model.train()
+
+    def step():
+        opt.zero_grad()
+        with autocast(device):
+            loss = loss_func(model(x), y)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return steps * bs / (time.perf_counter() - t)
+
+
+def bare_forward(model, bs, size, device, n_images, warmup=1) -> float:
+    "Images/s of batched no-grad forward passes on in-memory tensors."
+    cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=cl)
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        for _ in range(warmup):
+            model(x)
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(max(1, n_images // bs)):
+            model(x)
+        sync(device)
+    return max(1, n_images // bs) * bs / (time.perf_counter() - t)
+
+
+def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, bare_steps: int,
+               warmup_batches: int) -> dict:
+    config = Config(img_size=size, bs=bs, seed=0)
+    dls = covid_dataloaders(data, config, device=device)
+    learn, _ = covfast_learner(dls, arch, pretrained=False, warn=False)
+    precision = use_gpu_speedups(learn) if device.type == "cuda" else "fp32"
+    model = learn.model.to(device)
+    gflops = forward_gflops(model, size, device)
+
+    bare = bare_step(model, bs, size, device, bare_steps)
+    clock = BatchClock()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(2, 1e-4, cbs=clock)  # epoch 1 decodes the PNGs, epoch 2 reads them from the cache
+    epoch1, epoch2 = rate(clock.epochs[0], bs), rate(clock.epochs[1], bs, skip=warmup_batches)
+    loop = epoch2
+
+    t, n = time.perf_counter(), 0
+    for xb, yb in learn.dls.train:  # augmentation included, as in training
+        n += len(xb)
+    sync(device)
+    data_rate = n / (time.perf_counter() - t)
+
+    items = scan_tree(data)
+    items = items[(items.split == "Val") & items.label.isin(config.classes)].reset_index(drop=True)
+    warm, timed = items.iloc[:bs], items.iloc[bs:]
+    learn.model.eval()
+    with torch.no_grad():
+        for _ in iter_logits(learn, warm, 0.02, bs=bs):
+            pass
+        sync(device)
+        t, n = time.perf_counter(), 0
+        for i, logits, _ in iter_logits(learn, timed, 0.02, bs=bs):  # PNGs decoded here, as for new X-rays
+            upsample_mask(logits, (size, size))
+            n += 1
+        sync(device)
+    predict = n / (time.perf_counter() - t)
+    forward = bare_forward(learn.model, bs, size, device, len(timed))
+
+    return {
+        "arch": arch, "size": size, "bs": bs, "device": str(device), "precision": precision,
+        "gflops_forward": round(gflops, 3),
+        "bare_step_img_s": round(bare, 3), "train_epoch1_img_s": round(epoch1, 3), "train_img_s": round(loop, 3),
+        "train_ratio": round(loop / bare, 3),
+        "data_img_s": round(data_rate, 1), "data_ratio": round(data_rate / loop, 1),
+        "bare_forward_img_s": round(forward, 3), "predict_img_s": round(predict, 3),
+        "predict_ratio": round(predict / forward, 3),
+        "train_gflop_s": round(3 * gflops * loop, 1), "predict_gflop_s": round(gflops * predict, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+COLUMNS = [("arch", "arch"), ("gflops_forward", "fwd GFLOPs/img"), ("bare_step_img_s", "bare step img/s"),
+           ("train_epoch1_img_s", "loop epoch 1 img/s"), ("train_img_s", "loop img/s"), ("train_ratio", "train ratio"),
+           ("data_img_s", "data img/s"), ("data_ratio", "data ratio"), ("bare_forward_img_s", "bare fwd img/s"),
+           ("predict_img_s", "predict img/s"), ("predict_ratio", "predict ratio"), ("train_gflop_s", "train GFLOP/s"),
+           ("peak_rss_mib", "peak RSS MiB")]
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[k]) for k, _ in COLUMNS) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=128, help="image side the models see (default 128)")
+    p.add_argument("--bs", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--archs", default="attention-unet,resnet34", help="comma-separated architectures")
+    p.add_argument("--data", type=Path, help="a COVID-QU-Ex tree (default: a synthetic 256 px tree written to a temp folder)")
+    p.add_argument("--per-class", type=int, default=24,
+                   help="synthetic images per class and split (default 24: 48 training images, 6 batches of 8)")
+    p.add_argument("--bare-steps", type=int, default=4, help="timed bare optimizer steps (default 4)")
+    p.add_argument("--warmup-batches", type=int, default=1, help="epoch-2 batches left out of the loop's rate (default 1)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--json", type=Path, help="write the figures here")
+    args = p.parse_args(argv)
+
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data or write_synthetic(Path(tmp) / "synth", per_class=args.per_class, size=256, seed=0)
+        results = []
+        for arch in args.archs.split(","):
+            t = time.perf_counter()
+            results.append(bench_arch(arch.strip(), data, args.size, args.bs, device, args.bare_steps, args.warmup_batches))
+            results[-1]["bench_seconds"] = round(time.perf_counter() - t, 1)
+            print(f"{arch}: done in {results[-1]['bench_seconds']} s", file=sys.stderr)
+    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+               "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None}
+    print(f"\ncovfast bench: {args.size} px, bs {args.bs}, {device} ({machine['torch_threads']} threads), "
+          f"data {'synthetic' if args.data is None else args.data}\n")
+    print(markdown(results))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "settings": {k: str(v) for k, v in vars(args).items()},
+                                         "results": {r["arch"]: r for r in results}}, indent=2))
+        print(f"\nWrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
