@@ -14,8 +14,9 @@ runner = CliRunner()
 def test_python_cli_py_matches_console_script():
     a = subprocess.run([sys.executable, str(REPO / "cli.py"), "--help"], capture_output=True, text=True, cwd=REPO)
     b = subprocess.run(["covfast", "--help"], capture_output=True, text=True, cwd=REPO)
-    assert a.returncode == 0 and b.returncode == 0
-    assert a.stdout == b.stdout and "synth" in a.stdout and "data" in a.stdout
+    c = subprocess.run([sys.executable, "-m", "covfast", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert a.returncode == 0 and b.returncode == 0 and c.returncode == 0
+    assert a.stdout == b.stdout == c.stdout and "synth" in a.stdout and "data" in a.stdout and "demo" in a.stdout
 
 
 def test_version():
