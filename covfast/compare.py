@@ -68,6 +68,9 @@ def compare(
     cols = ["dice", "iou", "dice_pooled", "sensitivity", "specificity", "severity_mae"]
     metrics = pd.concat([s.set_index("group")[["n", *cols]].add_prefix(f"{n}: ") for n, (_, s) in zip(names, results)], axis=1)
     metrics.to_csv(out / "metrics.csv")
+    # on the page: one row per class and metric, one column per run, so the runs read side by side
+    side_by_side = pd.concat({n: s.set_index("group")[["n", *cols]].stack() for n, (_, s) in zip(names, results)}, axis=1)
+    side_by_side = side_by_side.rename_axis(["group", "metric"]).reset_index()
     paired = pd.concat([paired_differences(results[0][0], per).assign(a=names[0], b=n)
                         for n, (per, _) in zip(names[1:], results[1:])], ignore_index=True)
     paired.to_csv(out / "paired.csv", index=False)
@@ -100,7 +103,7 @@ def compare(
     fig.savefig(out / "grid.png", dpi=90)
     plt.close(fig)
     sections = [("Runs", "<ul>" + "".join(f"<li>{html.escape(n)}: {html.escape(str(d))}</li>" for n, d in zip(names, dirs)) + "</ul>"),
-                (f"Metrics on {split}", html_table(metrics.reset_index())),
+                (f"Metrics on {split}", html_table(side_by_side)),
                 (f"Paired per-image Dice difference (b - a, a = {names[0]})", html_table(paired)),
                 ("The same images through every model", "<img src='grid.png' alt='comparison grid'>")]
     (out / "index.html").write_text(html_page(f"covfast comparison ({split})", sections))
