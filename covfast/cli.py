@@ -134,6 +134,19 @@ WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", min=0, help="DataLoader worker processes. Default: num_workers (0 on CPU; up to 8 on CUDA).", show_default=False)]
 
 
+def _parse_features(value: str, arch: str) -> tuple[int, ...]:
+    "--features '16,32,64' -> (16, 32, 64); only attention-unet has them."
+    if arch != "attention-unet":
+        raise CovfastError(f"--features sets attention-unet's widths; {arch} takes its widths from its encoder")
+    try:
+        widths = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) < 2 or min(widths) < 1:
+        raise CovfastError(f"--features {value!r}: give two or more positive integers, e.g. 16,32,64,128,256")
+    return widths
+
+
 @app.command("train")
 def train_cmd(
     arch: ArchArg,
@@ -152,9 +165,10 @@ def train_cmd(
     workers: WorkersOpt = None,
     gate_topk: Annotated[float, typer.Option("--gate-topk", min=0.0, max=1.0, help="Outside training, call an image infected only if its top share of pixels (this share) is on average infection; 0 turns the gate off.")] = 0.02,
     empty_weight: Annotated[float, typer.Option("--empty-weight", min=0.0, help="Weight of an extra image-level loss term against false positives on empty masks; 0 gives plain CE + Dice.")] = 0.0,
+    features: Annotated[Optional[str], typer.Option("--features", help="attention-unet channel widths per level, comma-separated; the count sets the depth. Default: 16,32,64,128,256 (8.35 GFLOPs per 256x256 image; 32,...,512: 33.3).", show_default=False)] = None,
 ) -> None:
     """Train a model with fastai's one-cycle schedule into a run directory (Ctrl-C keeps the last epoch's checkpoint)."""
-    from .models import check_arch
+    from .models import DEFAULT_FEATURES, check_arch
     from .runs import read_json, resolve_run
     from .train import train
 
@@ -166,7 +180,8 @@ def train_cmd(
             raise CovfastError(f"run {resume} trained {run_arch}, not {arch}; use covfast train {run_arch} --resume {resume}")
     try:
         train(arch, data, config, name=name, pretrained=pretrained, device=device, fp16=fp16, resume=resume,
-              empty_weight=empty_weight, gate_topk=gate_topk)
+              empty_weight=empty_weight, gate_topk=gate_topk,
+              features=_parse_features(features, arch) if features else DEFAULT_FEATURES)
     except KeyboardInterrupt:
         raise typer.Exit(130)
 

@@ -153,3 +153,16 @@ def test_lr_auto_runs_lr_find_into_the_run(synth_root, tmp_path):
     cfg = read_json(run / "config.json")
     assert (run / "lr_find.png").is_file() and cfg["lr"] == "auto" and cfg["lr_used"] > 0
     assert not (run / "models").exists()  # lr_find's scratch save stays out of the run directory
+
+
+def test_features_option_sets_the_attention_unet_widths(synth_root, tmp_path):
+    result = cli("train", "attention-unet", "--data", synth_root, "--size", 32, "--bs", 4, "--epochs", 1,
+                 "--features", "4,8,16", "--name", "narrow")
+    assert result.exit_code == 0, result.output
+    assert read_json(tmp_path / "runs" / "narrow" / "config.json")["features"] == [4, 8, 16]
+    weights = load_weights(tmp_path / "runs" / "narrow" / "model.pth")
+    assert max(v.shape[0] for k, v in weights.items() if k.endswith("weight") and v.ndim == 4) == 16
+    bad = cli("train", "attention-unet", "--data", synth_root, "--features", "4,x")
+    assert bad.exit_code == 2 and "two or more positive integers" in bad.stderr
+    wrong = cli("train", "resnet34", "--data", synth_root, "--features", "4,8")
+    assert wrong.exit_code == 2 and "attention-unet" in wrong.stderr
