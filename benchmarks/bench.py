@@ -148,8 +148,7 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
     clock = BatchClock()
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(2, 1e-4, cbs=clock)  # epoch 1 decodes the PNGs, epoch 2 reads them from the cache
-    epoch1, epoch2 = rate(clock.epochs[0], bs), rate(clock.epochs[1], bs, skip=warmup_batches)
-    loop = epoch2
+    epoch1, loop = rate(clock.epochs[0], bs), rate(clock.epochs[1], bs, skip=warmup_batches)
 
     stamps = [time.perf_counter()]
     for xb, yb in learn.dls.train:  # augmentation included, as in training

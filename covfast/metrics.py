@@ -13,8 +13,17 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import Metric
 
-__all__ = ["gate_empty", "EmptyGate", "confusion_counts", "dice_from_counts", "iou_from_counts", "pooled_dice", "SegmentationStats",
+__all__ = ["predicted_infection", "gate_empty", "EmptyGate", "confusion_counts", "dice_from_counts", "iou_from_counts", "pooled_dice", "SegmentationStats",
            "segmentation_metrics"]
+
+
+def predicted_infection(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The metric's binarisation: where the infection channel beats the background channel.
+
+    Argmax over the 2 channels with ties to background, at a fraction of argmax's cost on CPU
+    (argmax took 20 ms of a 1 s attention-unet training batch at 128 px).
+    """
+    return logits.select(dim, 1) > logits.select(dim, 0)
 
 
 def gate_empty(logits: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
@@ -102,10 +111,7 @@ class SegmentationStats(Callback):
     def after_batch(self):
         if not len(self.yb):
             return
-        # channel 1 beats channel 0: argmax over 2 channels (ties go to background in both), at a
-        # fraction of argmax's cost on CPU (measured: 20 ms of a 1 s attention-unet batch at 128 px)
-        logits = self.pred.detach()
-        pred, truth = logits[:, 1] > logits[:, 0], self.yb[0].detach()
+        pred, truth = predicted_infection(self.pred.detach()), self.yb[0].detach()
         counts = confusion_counts(pred, truth == 1).cpu()
         if self.training:
             self.train_counts.append(counts)

@@ -15,7 +15,7 @@ from PIL import Image
 from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
-from .metrics import gate_empty
+from .metrics import gate_empty, predicted_infection
 
 __all__ = ["IMAGE_SUFFIXES", "iter_logits", "overlay", "collect_images", "predict"]
 
@@ -45,7 +45,7 @@ def iter_logits(learn, items: pd.DataFrame, gate_topk: float, bs: int | None = N
 def upsample_mask(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     "Boolean mask at `size` (h, w): bilinear logits, then argmax (the metric's binarisation)."
     up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-    return (up[1] > up[0]).cpu().numpy()  # argmax of 2 channels, ties to background
+    return predicted_infection(up, dim=0).cpu().numpy()
 
 
 def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:

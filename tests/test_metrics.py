@@ -57,3 +57,12 @@ def test_gate_empties_images_without_enough_evidence():
     assert masks[0].sum() == 0 and masks[1].sum() == 16 and masks[2].sum() == 0
     assert torch.equal(gated[1], logits[1]) and torch.isfinite(gated).all()
     assert torch.equal(gate_empty(logits, topk=0), logits)
+
+
+def test_predicted_infection_is_the_two_channel_argmax_with_ties_to_background():
+    from covfast.metrics import predicted_infection
+    logits = torch.randn(3, 2, 5, 7)
+    logits[0, :, 0, 0] = 0.5  # a tie
+    assert torch.equal(predicted_infection(logits), logits.argmax(1) == 1)
+    assert not predicted_infection(logits)[0, 0, 0]
+    assert torch.equal(predicted_infection(logits[1], dim=0), logits[1].argmax(0) == 1)
