@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
+    if args.data is None and 2 * args.per_class < 3 * args.bs:
+        # the rates are medians of batch intervals: each split needs three or more batches
+        p.error(f"--per-class {args.per_class} gives fewer than 3 batches of {args.bs}; use --per-class {-(-3 * args.bs // 2)} or more")
 
     device = pick_device(args.device)
     torch.manual_seed(0)
