@@ -11,7 +11,11 @@ For each architecture, at one image size, in one process:
 - prediction through `covfast predict`'s code path (`iter_logits` + upsampling, PNGs decoded on the
   way) against a bare batched forward; the ratio is `predict_ratio`;
 - forward GFLOPs per image (torch.utils.flop_counter), achieved GFLOP/s (training counts 3x the
-  forward), peak resident memory.
+  forward) and its share of the device's measured matrix-product peak (a large bf16 product on CUDA,
+  fp32 on CPU), peak resident memory.
+
+On CUDA the loaders are the ones `covfast train` uses there (worker processes, pinned memory) and the
+model runs in bf16 mixed precision with channels_last.
 
 Prints a markdown table; `--json PATH` writes the figures. Default settings take under 5 minutes
 on 2 CPU cores:  python benchmarks/bench.py --size 128 --json bench.json
@@ -36,7 +40,7 @@ from fastai.callback.core import Callback, CancelValidException
 from torch.utils.flop_counter import FlopCounterMode
 
 from covfast.config import Config
-from covfast.data import covid_dataloaders, inference_dataloaders
+from covfast.data import covid_dataloaders, inference_dataloaders, loader_settings
 from covfast.dataset import scan_tree
 from covfast.learner import covfast_learner, pick_device, use_gpu_speedups
 from covfast.losses import SegLoss
@@ -82,6 +86,20 @@ def autocast(device: torch.device):
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def matmul_peak_gflops(device: torch.device, reps: int = 10) -> float:
+    "GFLOP/s of a large matrix product: bf16 8192^3 on CUDA, fp32 2048^3 on CPU (the ceiling to compare against)."
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def forward_gflops(model: torch.nn.Module, size: int, device: torch.device) -> float:
@@ -136,9 +154,12 @@ def bare_forward(model, bs, size, device, n_images, warmup=1) -> float:
 
 
 def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, bare_steps: int,
-               warmup_batches: int) -> dict:
-    config = Config(img_size=size, bs=bs, seed=0)
-    dls = covid_dataloaders(data, config, device=device)
+               warmup_batches: int, peak_gflop_s: float) -> dict:
+    loader = loader_settings(device)
+    config = Config(img_size=size, bs=bs, seed=0, num_workers=loader.pop("num_workers"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    dls = covid_dataloaders(data, config, device=device, **loader)
     learn, _ = covfast_learner(dls, arch, pretrained=False, warn=False)
     precision = use_gpu_speedups(learn) if device.type == "cuda" else "fp32"
     model = learn.model.to(device)
@@ -184,6 +205,8 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
         "bare_forward_img_s": round(forward, 3), "predict_img_s": round(predict, 3),
         "predict_ratio": round(predict / forward, 3),
         "train_gflop_s": round(3 * gflops * loop, 1), "predict_gflop_s": round(gflops * predict, 1),
+        "bare_step_peak_pct": round(100 * 3 * gflops * bare / peak_gflop_s, 2),
+        "train_peak_pct": round(100 * 3 * gflops * loop / peak_gflop_s, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
@@ -192,6 +215,7 @@ COLUMNS = [("arch", "arch"), ("gflops_forward", "fwd GFLOPs/img"), ("bare_step_i
            ("train_epoch1_img_s", "loop epoch 1 img/s"), ("train_img_s", "loop img/s"), ("train_ratio", "train ratio"),
            ("data_img_s", "data img/s"), ("data_ratio", "data ratio"), ("bare_forward_img_s", "bare fwd img/s"),
            ("predict_img_s", "predict img/s"), ("predict_ratio", "predict ratio"), ("train_gflop_s", "train GFLOP/s"),
+           ("train_peak_pct", "train % of peak"),
            ("peak_rss_mib", "peak RSS MiB")]
 
 
@@ -220,19 +244,21 @@ def main(argv: list[str] | None = None) -> int:
 
     device = pick_device(args.device)
     torch.manual_seed(0)
+    peak = matmul_peak_gflops(device)
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or write_synthetic(Path(tmp) / "synth", per_class=args.per_class, size=256, seed=0)
         results = []
         for arch in args.archs.split(","):
             t = time.perf_counter()
-            results.append(bench_arch(arch.strip(), data, args.size, args.bs, device, args.bare_steps, args.warmup_batches))
+            results.append(bench_arch(arch.strip(), data, args.size, args.bs, device, args.bare_steps, args.warmup_batches,
+                                      peak))
             results[-1]["bench_seconds"] = round(time.perf_counter() - t, 1)
             print(f"{arch}: done in {results[-1]['bench_seconds']} s", file=sys.stderr)
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-               "torch": torch.__version__,
+               "torch": torch.__version__, "matmul_peak_gflop_s": round(peak, 1),
                "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None}
     print(f"\ncovfast bench: {args.size} px, bs {args.bs}, {device} ({machine['torch_threads']} threads), "
-          f"data {'synthetic' if args.data is None else args.data}\n")
+          f"data {'synthetic' if args.data is None else args.data}; matrix-product peak {peak:.0f} GFLOP/s\n")
     print(markdown(results))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "settings": {k: str(v) for k, v in vars(args).items()},

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import ColReader, ColSplitter, IntToFloatTensor, Normalize
@@ -22,7 +24,7 @@ from .errors import CovfastError
 
 __all__ = ["CODES", "InfectionMask", "PILInfectionMask", "read_xray", "read_mask", "load_xray", "load_mask", "XRayBlock", "SegmentationBlock",
            "xray_augmentations", "covid_datablock", "training_items", "covid_dataloaders", "inference_dataloaders",
-           "clear_cache"]
+           "loader_settings", "clear_cache"]
 
 # Output channel i of every model is class i: 0 background, 1 infection.
 CODES: list[str] = ["background", "infection"]
@@ -152,6 +154,16 @@ def covid_dataloaders(
     items = training_items(scan_tree(root if root is not None else config.data_path), config.classes)
     dblock = covid_datablock(config.img_size, augment=augment)
     return dblock.dataloaders(items, bs=config.bs, num_workers=config.num_workers, **kwargs)
+
+
+def loader_settings(device: torch.device, num_workers: int = 0) -> dict:
+    """DataLoader settings for `device`: on CUDA, worker processes (default up to 8) that keep their PNG cache
+    across epochs and pinned memory, so the GPU is kept fed; on CPU, `num_workers` as given (0 keeps the
+    cache in the main process, best on a few cores)."""
+    if torch.device(device).type != "cuda":
+        return {"num_workers": num_workers}
+    n = num_workers or min(8, os.cpu_count() or 1)
+    return {"num_workers": n, "pin_memory": True, **({"persistent_workers": True} if n else {})}
 
 
 def inference_dataloaders(img_size: int, bs: int = 8, **kwargs) -> DataLoaders:

@@ -46,7 +46,7 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
         cfg["device"] = device
     learn, _ = learner_for_config(cfg, pretrained=False, warn=False, inference=not with_data)
     learn.model.load_state_dict(load_weights(run_dir / "model.pth", map_location=learn.dls.device))
-    learn.model.eval()
+    learn.model.to(learn.dls.device).eval()  # fastai moves the model only when fitting; prediction feeds it directly
     learn.path = run_dir
     return learn, cfg, run_dir
 

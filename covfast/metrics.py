@@ -13,6 +13,8 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import Metric
 
+from .config import CLASSES
+
 __all__ = ["predicted_infection", "gate_empty", "EmptyGate", "confusion_counts", "dice_from_counts", "iou_from_counts", "pooled_dice", "SegmentationStats",
            "segmentation_metrics"]
 
@@ -112,18 +114,30 @@ class SegmentationStats(Callback):
         if not len(self.yb):
             return
         pred, truth = predicted_infection(self.pred.detach()), self.yb[0].detach()
-        counts = confusion_counts(pred, truth == 1).cpu()
+        counts = confusion_counts(pred, truth == 1)
         if self.training:
-            self.train_counts.append(counts)
+            self.train_counts.append(self.learn.to_detach(counts))
             return
-        self.valid_counts.append(counts)
-        items = getattr(self.dl, "items", None)
-        if items is not None and "label" in getattr(items, "columns", []):
-            labels = items.label.iloc[self._seen:self._seen + len(counts)].tolist()
-        else:  # no labels: by the dataset's definition COVID-19 images are those with infection
-            labels = ["COVID-19" if t else "Non-COVID" for t in (counts[:, 0] + counts[:, 2] > 0).tolist()]
-        self.valid_labels.extend(labels)
+        codes = torch.tensor([CLASSES.index(lab) for lab in self._batch_labels(counts)], device=counts.device)
+        # one gather of counts and labels: in a distributed run every process then holds every image once
+        # (fastai's DistributedDL.to_detach drops the padding that evens out the processes' shares)
+        packed = self.learn.to_detach(torch.cat([counts, codes[:, None].to(counts.dtype)], dim=1))
+        self.valid_counts.append(packed[:, :3])
+        self.valid_labels.extend(CLASSES[i] for i in packed[:, 3].tolist())
         self._seen += len(counts)
+
+    def _batch_labels(self, counts: torch.Tensor) -> list[str]:
+        "Class of each image of this validation batch, from the loader's items by position."
+        items = getattr(self.dl, "items", None)
+        if items is None or "label" not in getattr(items, "columns", []):
+            # no labels: by the dataset's definition COVID-19 images are those with infection
+            return ["COVID-19" if t else "Non-COVID" for t in (counts[:, 0] + counts[:, 2] > 0).tolist()]
+        pos = torch.arange(self._seen, self._seen + len(counts))
+        if hasattr(self.dl, "n_padded"):
+            # fastai's DistributedDL: this process reads a contiguous block of the (unshuffled) order,
+            # padded at the end with images from its start
+            pos = (pos + self.dl.rank * self.dl.n_padded // self.dl.world_size) % self.dl.n
+        return items.label.iloc[pos.tolist()].tolist()
 
     def dice(self, train: bool = False, label: str | None = None) -> float:
         "Mean per-image Dice of the epoch's training or validation images, optionally of one class."

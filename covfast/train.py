@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
 import sys
@@ -20,8 +21,9 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
 from . import __version__
+from . import distributed
 from .config import Config, parse_lr
-from .data import covid_dataloaders, inference_dataloaders
+from .data import covid_dataloaders, inference_dataloaders, loader_settings
 from .dataset import resolve_root
 from .errors import CovfastError
 from .learner import covfast_learner, pick_device, use_gpu_speedups
@@ -64,7 +66,7 @@ class RunDirCallback(Callback):
                    seconds=round(time.time() - self._t0, 2))
         self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)[HISTORY_COLUMNS]
         self.history["epoch"] = self.history["epoch"].astype(int)
-        model = self.learn.model
+        model = distributed.unwrap(self.learn.model)
         atomic_save({"model": model.state_dict(), "opt": plain(self.opt.state_dict()), "epoch": int(row["epoch"])},
                     self.run_dir / "checkpoint.pth")
         if row[self.monitor] > self.best:
@@ -74,25 +76,25 @@ class RunDirCallback(Callback):
 
 
 def learner_for_config(cfg: dict[str, Any], pretrained: bool | None = None, warn: bool = True,
-                       inference: bool = False, **dl_kwargs) -> tuple[Learner, Any]:
+                       inference: bool = False, device: torch.device | None = None, **dl_kwargs) -> tuple[Learner, Any]:
     """Data and learner for a run's config.json settings (used by train, resume, lr-find and evaluation).
 
     `inference=True` builds the learner on `inference_dataloaders` (validation transforms only), so
     it needs no training data: evaluate, report, compare and predict work from the run directory alone.
+    `device` overrides the config's (a distributed process's own GPU).
     """
     config = Config(**{k: (tuple(v) if k == "classes" else v) for k, v in cfg.items() if k in Config.__dataclass_fields__})
-    device = pick_device(cfg.get("device"))
+    device = device or pick_device(cfg.get("device"))
     if inference:
         dls = inference_dataloaders(config.img_size, config.bs, device=device)
     else:
-        if device.type == "cuda":  # keep the GPU fed: workers that keep their PNG cache, pinned memory
-            dl_kwargs = {"num_workers": config.num_workers or min(8, torch.multiprocessing.cpu_count()),
-                         "pin_memory": True, **dl_kwargs}
-            if dl_kwargs["num_workers"]:
-                dl_kwargs.setdefault("persistent_workers", True)
-            config = config.replace(num_workers=dl_kwargs.pop("num_workers"))
-        set_seed(config.seed, reproducible=True)
-        dls = covid_dataloaders(cfg["data_root"], config, device=device, **dl_kwargs)
+        dl_kwargs = {**loader_settings(device, config.num_workers), **dl_kwargs}
+        config = config.replace(num_workers=dl_kwargs.pop("num_workers"))
+        # cuDNN's deterministic kernels cost GPU speed; on CPU a seed reproduces the run exactly
+        set_seed(config.seed, reproducible=device.type != "cuda")
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        dls = covid_dataloaders(cfg["data_root"], config, augment=cfg.get("augment", True), device=device, **dl_kwargs)
     learn, status = covfast_learner(dls, cfg["arch"], pretrained=cfg.get("pretrained", True) if pretrained is None else pretrained,
                                     features=tuple(cfg.get("features") or DEFAULT_FEATURES),
                                     empty_weight=cfg.get("empty_weight", 0.0), gate_topk=cfg.get("gate_topk", 0.02),
@@ -144,6 +146,7 @@ def train(
     features: tuple[int, ...] = DEFAULT_FEATURES,  # attention-unet channel widths
     empty_weight: float = 0.0,  # weight of the loss's image-level term
     gate_topk: float = 0.02,  # inference gate: share of pixels that must, on average, be infection
+    augment: bool = True,  # `xray_augmentations` on the training batches
     cbs: list | None = None,  # extra fastai callbacks
 ) -> Path:
     "Train `arch` with one-cycle into a run directory (config.json, history.csv, model.pth, checkpoint.pth)."
@@ -152,18 +155,23 @@ def train(
     config = config or Config()
     arch = check_arch(arch)
     lr = parse_lr(config.lr)  # fail on a bad --lr before any work
+    run_device = None
+    if distributed.world_size() > 1:
+        if lr is None:  # each process's lr_find would pick its own rate
+            raise CovfastError("--lr auto is not available in a distributed run; run `covfast lr-find` first and pass --lr")
+        run_device = distributed.start(device)
     cfg = {"arch": arch, **config.to_dict(), "data_root": str(resolve_root(data or config.data_path).resolve()),
            "pretrained": pretrained, "device": device or "auto", "fp16": fp16, "empty_weight": empty_weight,
-           "gate_topk": gate_topk,
+           "gate_topk": gate_topk, "augment": augment,
            "features": list(features) if arch == "attention-unet" else None}
-    learn, status = learner_for_config(cfg)
-    run_dir = new_run_dir(config.runs_dir, name, arch_slug(arch))
+    learn, status = learner_for_config(cfg, device=run_device)
+    run_dir = _new_run_dir(config.runs_dir, name, arch_slug(arch))
     learn.path = run_dir
     cfg.update(run_name=run_dir.name, created=datetime.now().isoformat(timespec="seconds"),
                pretrained_requested=pretrained, pretrained=status.used, pretrained_reason=status.reason,
                freeze_epochs=1 if status.used and config.epochs >= 2 else 0,
                device=str(learn.dls.device), precision=use_gpu_speedups(learn, fp16),
-               counts=_counts(learn), versions=versions(), status="running")
+               counts=_counts(learn), versions=versions(), status="running", processes=distributed.world_size())
     if lr is None:
         suggestions, fig = _lr_find(learn)
         fig.savefig(run_dir / "lr_find.png", dpi=110, bbox_inches="tight")
@@ -173,8 +181,23 @@ def train(
             raise CovfastError("lr_find's curve was too short for a valley; pass --lr with a number")
         print(f"lr_find valley: {lr:.2e} (plot: {run_dir / 'lr_find.png'})")
     cfg["lr_used"] = lr
-    write_json(run_dir / "config.json", cfg)
+    if distributed.is_main():
+        write_json(run_dir / "config.json", cfg)
     return _fit(learn, run_dir, cfg, completed=0, cbs=cbs)
+
+
+def _new_run_dir(runs_dir: str | Path, name: str | None, slug: str) -> Path:
+    "`new_run_dir` in the main process; the others get its path (or its error: no process is left waiting)."
+    made: Path | str
+    if distributed.is_main():
+        try:
+            made = new_run_dir(runs_dir, name, slug)
+        except CovfastError as e:
+            made = str(e)
+    made = distributed.from_main(made if distributed.is_main() else None)
+    if isinstance(made, str):
+        raise CovfastError(made)
+    return made
 
 
 def _resume(resume: str | Path, config: Config | None, device: str | None, cbs: list | None) -> Path:
@@ -187,8 +210,9 @@ def _resume(resume: str | Path, config: Config | None, device: str | None, cbs: 
         raise CovfastError(f"run {run_dir} already completed its {cfg['epochs']} epochs; nothing to resume")
     if device is not None:
         cfg["device"] = device
+    run_device = distributed.start(cfg.get("device")) if distributed.world_size() > 1 else None
     # the run's own settings, pretrained status included: the encoder weights come from the checkpoint
-    learn, _ = learner_for_config(cfg, pretrained=False, warn=False)
+    learn, _ = learner_for_config(cfg, pretrained=False, warn=False, device=run_device)
     learn.path = run_dir
     use_gpu_speedups(learn, cfg.get("fp16", True))
     if completed:
@@ -198,7 +222,8 @@ def _resume(resume: str | Path, config: Config | None, device: str | None, cbs: 
                                f"epoch {completed}; the run directory was changed by hand")
         learn.model.load_state_dict(ckpt["model"])
         learn._resume_opt = ckpt["opt"]
-    print(f"Resuming {run_dir} after epoch {completed} of {cfg['epochs']}")
+    if distributed.is_main():
+        print(f"Resuming {run_dir} after epoch {completed} of {cfg['epochs']}")
     return _fit(learn, run_dir, cfg, completed=completed, cbs=cbs)
 
 
@@ -207,6 +232,13 @@ def _fit(learn: Learner, run_dir: Path, cfg: dict[str, Any], completed: int, cbs
     lr, epochs, frozen = cfg["lr_used"], cfg["epochs"], cfg.get("freeze_epochs", 0)
     # (first global epoch, epochs, learning rate, train the encoder?)
     phases = ([(0, frozen, lr, False)] if frozen else []) + [(frozen, epochs - frozen, slice(lr / 200, lr / 2) if frozen else lr, True)]
+    main = distributed.is_main()
+    if distributed.world_size() > 1:
+        # fastai wraps the model in DDP and each loader in a DistributedDL for each fit; SyncBatchNorm needs CUDA
+        cuda = torch.device(learn.dls.device).type == "cuda"
+        context = functools.partial(learn.distrib_ctx, sync_bn=cuda, cpu=not cuda)
+    else:
+        context = contextlib.nullcontext
     try:
         for start, n, lr_max, unfrozen in phases:
             if completed >= start + n:
@@ -219,16 +251,21 @@ def _fit(learn: Learner, run_dir: Path, cfg: dict[str, Any], completed: int, cbs
             if getattr(learn, "_resume_opt", None) is not None and completed > start:
                 learn.opt.load_state_dict(learn._resume_opt)
             learn._resume_opt = None
-            learn.fit_one_cycle(n, lr_max, start_epoch=max(0, completed - start),
-                                cbs=[RunDirCallback(run_dir, epoch_offset=start), *(cbs or [])])
+            with context():
+                learn.fit_one_cycle(n, lr_max, start_epoch=max(0, completed - start),
+                                    cbs=[*([RunDirCallback(run_dir, epoch_offset=start)] if main else []), *(cbs or [])])
             completed = start + n
     except KeyboardInterrupt:
+        if not main:
+            raise
         cfg["status"] = "interrupted"
         write_json(run_dir / "config.json", cfg)
         done = len(read_history(run_dir))
         print(f"\nInterrupted after epoch {done} of {epochs}; checkpoint kept. "
               f"Continue with: covfast train {cfg['arch']} --resume {run_dir}", file=sys.stderr)
         raise
+    if not main:
+        return run_dir
     cfg["status"] = "complete"
     write_json(run_dir / "config.json", cfg)
     history = read_history(run_dir)

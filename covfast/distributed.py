@@ -1,0 +1,75 @@
+"""Training on several processes (DistributedDataParallel) through accelerate and fastai's distributed callbacks.
+
+Launch the ordinary command under a launcher and every process runs it; WORLD_SIZE and RANK in the
+environment make it a distributed run:
+
+    accelerate launch --num_processes 4 -m covfast train resnet34 ...      (4 GPUs of one machine)
+    torchrun --nproc_per_node 2 -m covfast train attention-unet --device cpu ...   (2 CPU processes, gloo)
+
+Each process reads its share of every epoch (fastai's `DistributedDL`), metrics are gathered from all
+of them (`SegmentationStats`), and only the main process writes the run directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from fastai.torch_core import num_distrib, rank_distrib
+from torch import nn
+
+from .errors import CovfastError
+
+__all__ = ["world_size", "rank", "is_main", "start", "from_main", "unwrap"]
+
+
+def world_size() -> int:
+    "Processes taking part in this run (1 when not launched by accelerate/torchrun)."
+    return max(1, num_distrib())
+
+
+def rank() -> int:
+    "This process's place among them; 0 is the main process."
+    return rank_distrib()
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def _broadcast_on_backend(self, t, rank: int):
+    "fastai's `DistributedDL._broadcast` with the tensor on the backend's device (fastai's puts it on CUDA, which gloo on CPU lacks)."
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(t, dtype=torch.long, device=device)
+    dist.broadcast(t, rank)
+    return t.cpu().tolist()
+
+
+def start(device: str | None = None) -> torch.device:
+    "Join the process group (NCCL on CUDA, gloo on CPU) and return this process's device."
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        raise CovfastError('a distributed run needs accelerate: pip install "covfast[accelerate]"') from None
+    from fastai.distributed import DistributedDL
+    cpu = device == "cpu" or not torch.cuda.is_available()
+    if device == "cuda" and cpu:
+        raise CovfastError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    state = PartialState(cpu=cpu)
+    DistributedDL._broadcast = _broadcast_on_backend
+    return torch.device(state.device)
+
+
+def from_main(value: Any) -> Any:
+    "The main process's `value`, in every process (picklable values only); `value` itself when not distributed."
+    if world_size() == 1 or not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    "The model inside a DistributedDataParallel wrapper (whose state_dict keys carry a 'module.' prefix)."
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
