@@ -2,14 +2,18 @@
 
 For each architecture, at one image size, in one process:
 
-- bare step: forward + backward + optimizer on in-memory tensors (plain PyTorch, covfast's loss), images/s;
+- bare step: forward + backward + optimizer on in-memory tensors (plain PyTorch, covfast's loss, a
+  copy of the model), images/s;
 - covfast's training loop: the Learner + DataLoaders reading the PNG tree, steady state (epoch 2, after
-  warm-up batches), images/s; its ratio to the bare step is `train_ratio`. Epoch 1 (PNG decoding)
-  is reported beside epoch 2 (decoded PNGs come from the in-memory cache);
+  warm-up batches), images/s. Each batch from epoch 2 on is followed by one bare step, timed apart, and
+  `train_ratio` is the median of the pairs' ratios: the machine's speed drifts by minutes, and only
+  figures taken side by side compare. Epoch 1 (PNG decoding) is reported beside epoch 2 (decoded
+  PNGs come from the in-memory cache);
 - the data pipeline alone (iterating the train DataLoader, augmentation included), images/s; its
   ratio to the training loop is `data_ratio`;
 - prediction through `covfast predict`'s code path (`iter_logits` + upsampling, PNGs decoded on the
-  way) against a bare batched forward; the ratio is `predict_ratio`;
+  way) over the Val images `--repeats` times, each batch followed by a bare forward of a batch;
+  `predict_ratio` is the median of the pairs' ratios (every pair's ratio is in the JSON);
 - forward GFLOPs per image (torch.utils.flop_counter), achieved GFLOP/s (training counts 3x the
   forward) and its share of the device's measured matrix-product peak (a large bf16 product on CUDA,
   fp32 on CPU), peak resident memory.
@@ -24,6 +28,7 @@ on 2 CPU cores:  python benchmarks/bench.py --size 128 --json bench.json
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -36,11 +41,11 @@ from pathlib import Path
 import torch
 import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
-from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.core import Callback, CancelFitException, CancelValidException
 from torch.utils.flop_counter import FlopCounterMode
 
 from covfast.config import Config
-from covfast.data import covid_dataloaders, inference_dataloaders, loader_settings
+from covfast.data import clear_cache, covid_dataloaders, inference_dataloaders, loader_settings
 from covfast.dataset import scan_tree
 from covfast.learner import covfast_learner, pick_device, use_gpu_speedups
 from covfast.losses import SegLoss
@@ -48,32 +53,50 @@ from covfast.predict import iter_logits, upsample_mask
 from covfast.synth import write_synthetic
 
 
-class BatchClock(Callback):
-    "Times every training batch end to end (loader + step) and skips validation."
+def median(values: list[float]) -> float:
+    "The median: on a shared 2-core machine one slow batch (another process, the allocator growing) must not decide a figure."
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+class PairedClock(Callback):
+    """Times every training batch end to end (loader + step) and skips validation.
+
+    From epoch `pair_from` on, one bare step (`bare()`, its seconds) runs after each batch, outside
+    that batch's interval: each loop batch then has a bare step timed beside it, and their ratio
+    does not depend on how fast the machine happens to be that minute (it drifts by 20% here).
+    Paired epochs go on until they have taken `budget` seconds (at least one), then the fit stops.
+    """
     order = 100
 
+    def __init__(self, bare, pair_from: int = 1, budget: float = 30.0):
+        self.bare, self.pair_from, self.budget = bare, pair_from, budget
+
     def before_fit(self):
-        self.epochs = []
+        self.loop, self.paired, self._spent = [], [], 0.0
 
     def before_epoch(self):
-        self.epochs.append([time.perf_counter()])
+        self.loop.append([])
+        self.paired.append([])
+        self._t = time.perf_counter()
 
     def after_batch(self):
-        if self.training:
-            self.epochs[-1].append(time.perf_counter())
+        if not self.training:
+            return
+        sync(self.dls.device)
+        self.loop[-1].append(time.perf_counter() - self._t)
+        if self.epoch >= self.pair_from:
+            self.paired[-1].append(self.bare())
+        self._t = time.perf_counter()
 
     def before_validate(self):
         raise CancelValidException
 
-
-def rate(stamps: list[float], bs: int, skip: int = 0) -> float:
-    """Images/s from the median interval between time stamps, after the first `skip` intervals.
-
-    The median, not the mean: on a shared 2-core machine one slow batch (another process, the
-    allocator growing) would otherwise decide the figure. Every rate in this file is taken this way.
-    """
-    gaps = sorted(b - a for a, b in zip(stamps[skip:], stamps[skip + 1:]))
-    return bs / gaps[len(gaps) // 2]
+    def after_epoch(self):
+        if self.epoch >= self.pair_from:
+            self._spent += sum(self.loop[-1]) + sum(self.paired[-1])
+            if self._spent >= self.budget:
+                raise CancelFitException
 
 
 def autocast(device: torch.device):
@@ -110,51 +133,50 @@ def forward_gflops(model: torch.nn.Module, size: int, device: torch.device) -> f
     return counter.get_total_flops() / 1e9
 
 
-def bare_step(model, bs, size, device, steps, warmup=2) -> float:
-    "Images/s of forward + backward + Adam on one in-memory batch."
-    cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=cl)
-    y = (torch.rand(bs, size, size, device=device) > 0.8).long()
-    loss_func, opt = SegLoss(), torch.optim.Adam(model.parameters(), 1e-4)
-    model.train()
+class BareStep:
+    "One forward + backward + Adam step on an in-memory batch, on its own copy of the model; calling it returns its seconds."
 
-    def step():
-        opt.zero_grad()
-        with autocast(device):
-            loss = loss_func(model(x), y)
-        loss.backward()
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    sync(device)
-    stamps = [time.perf_counter()]
-    for _ in range(steps):
-        step()
-        sync(device)
-        stamps.append(time.perf_counter())
-    return rate(stamps, bs)
-
-
-def bare_forward(model, bs, size, device, n_images, warmup=1) -> float:
-    "Images/s of batched no-grad forward passes on in-memory tensors."
-    cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=cl)
-    model.eval()
-    with torch.no_grad(), autocast(device):
+    def __init__(self, model, bs, size, device, warmup=2):
+        cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.model, self.device = copy.deepcopy(model).train(), device
+        self.x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=cl)
+        self.y = (torch.rand(bs, size, size, device=device) > 0.8).long()
+        self.loss_func, self.opt = SegLoss(), torch.optim.Adam(self.model.parameters(), 1e-4)
         for _ in range(warmup):
-            model(x)
-        sync(device)
-        stamps = [time.perf_counter()]
-        for _ in range(max(1, n_images // bs)):
-            model(x)
-            sync(device)
-            stamps.append(time.perf_counter())
-    return rate(stamps, bs)
+            self()
+
+    def __call__(self) -> float:
+        t = time.perf_counter()
+        self.opt.zero_grad()
+        with autocast(self.device):
+            loss = self.loss_func(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        sync(self.device)
+        return time.perf_counter() - t
 
 
-def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, bare_steps: int,
-               warmup_batches: int, peak_gflop_s: float) -> dict:
+class BareForward:
+    "One no-grad forward pass of an in-memory batch through `model`; calling it returns its seconds."
+
+    def __init__(self, model, bs, size, device, warmup=1):
+        cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.model, self.device = model, device
+        self.x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=cl)
+        for _ in range(warmup):
+            self()
+
+    @torch.no_grad()
+    def __call__(self) -> float:
+        t = time.perf_counter()
+        with autocast(self.device):
+            self.model(self.x)
+        sync(self.device)
+        return time.perf_counter() - t
+
+
+def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, warmup_batches: int,
+               peak_gflop_s: float, repeats: int = 3, pair_seconds: float = 30.0) -> dict:
     loader = loader_settings(device)
     config = Config(img_size=size, bs=bs, seed=0, num_workers=loader.pop("num_workers"))
     if device.type == "cuda":
@@ -165,45 +187,58 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
     model = learn.model.to(device)
     gflops = forward_gflops(model, size, device)
 
-    bare = bare_step(model, bs, size, device, bare_steps)
-    clock = BatchClock()
+    # epoch 1 decodes the PNGs; from epoch 2 on (PNGs from the cache) each batch is paired with a bare
+    # step, for `pair_seconds` (a cheap model gets more epochs, hence more pairs)
+    clock = PairedClock(BareStep(model, bs, size, device), pair_from=1, budget=pair_seconds)
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(2, 1e-4, cbs=clock)  # epoch 1 decodes the PNGs, epoch 2 reads them from the cache
-    epoch1, loop = rate(clock.epochs[0], bs), rate(clock.epochs[1], bs, skip=warmup_batches)
+        learn.fit_one_cycle(10, 1e-4, cbs=clock)
+    epoch1 = bs / median(clock.loop[0][1:])
+    loop_s = [t for epoch in clock.loop[1:] for t in epoch[warmup_batches:]]
+    bare_s = [t for epoch in clock.paired[1:] for t in epoch[warmup_batches:]]
+    loop, bare = bs / median(loop_s), bs / median(bare_s)
+    train_ratios = sorted(b / t for b, t in zip(bare_s, loop_s))
 
     stamps = [time.perf_counter()]
     for xb, yb in learn.dls.train:  # augmentation included, as in training
         sync(device)
         stamps.append(time.perf_counter())
-    data_rate = rate(stamps, bs)
+    data_rate = bs / median([b - a for a, b in zip(stamps, stamps[1:])])
 
-    # prediction exactly as `covfast predict` runs it: the inference learner's validation transforms
+    # prediction exactly as `covfast predict` runs it: the inference learner's validation transforms,
+    # PNGs decoded on the way (the cache is cleared before each pass), each batch paired with a bare forward
     learn.dls = inference_dataloaders(size, bs, device=device)
     items = scan_tree(data)
     items = items[(items.split == "Val") & items.label.isin(config.classes)].reset_index(drop=True)
-    warm, timed = items.iloc[:bs], items.iloc[bs:]
     learn.model.eval()
+    forward = BareForward(learn.model, bs, size, device)
+    predict_s, forward_s = [], []
+    start, passes = time.perf_counter(), 0
     with torch.no_grad():
-        for _ in iter_logits(learn, warm, 0.02, bs=bs):
-            pass
-        sync(device)
-        stamps = [time.perf_counter()]
-        for i, logits, _ in iter_logits(learn, timed, 0.02, bs=bs):  # PNGs decoded here, as for new X-rays
-            upsample_mask(logits, (size, size))
-            if (i + 1) % bs == 0:
-                sync(device)
-                stamps.append(time.perf_counter())
-    predict = rate(stamps, bs)
-    forward = bare_forward(learn.model, bs, size, device, len(timed))
+        # at least `repeats` passes; more, up to 10, while they fit in `pair_seconds`
+        while passes < repeats or (passes < 10 and time.perf_counter() - start < pair_seconds):
+            passes += 1
+            clear_cache()
+            t, first = time.perf_counter(), True
+            for i, logits, _ in iter_logits(learn, items, 0.02, bs=bs):
+                upsample_mask(logits, (size, size))
+                if (i + 1) % bs == 0:
+                    sync(device)
+                    if not first:  # the first batch of a pass also pays for starting the loader
+                        predict_s.append(time.perf_counter() - t)
+                        forward_s.append(forward())
+                    t, first = time.perf_counter(), False
+    predict, bare_fwd = bs / median(predict_s), bs / median(forward_s)
+    predict_ratios = sorted(f / p for f, p in zip(forward_s, predict_s))
 
     return {
         "arch": arch, "size": size, "bs": bs, "device": str(device), "precision": precision,
         "gflops_forward": round(gflops, 3),
         "bare_step_img_s": round(bare, 3), "train_epoch1_img_s": round(epoch1, 3), "train_img_s": round(loop, 3),
-        "train_ratio": round(loop / bare, 3),
+        "train_ratio": round(median(train_ratios), 3), "train_ratios": [round(r, 3) for r in train_ratios],
+        "train_pairs": len(train_ratios), "predict_pairs": len(predict_ratios),
         "data_img_s": round(data_rate, 1), "data_ratio": round(data_rate / loop, 1),
-        "bare_forward_img_s": round(forward, 3), "predict_img_s": round(predict, 3),
-        "predict_ratio": round(predict / forward, 3),
+        "bare_forward_img_s": round(bare_fwd, 3), "predict_img_s": round(predict, 3),
+        "predict_ratio": round(median(predict_ratios), 3), "predict_ratios": [round(r, 3) for r in predict_ratios],
         "train_gflop_s": round(3 * gflops * loop, 1), "predict_gflop_s": round(gflops * predict, 1),
         "bare_step_peak_pct": round(100 * 3 * gflops * bare / peak_gflop_s, 2),
         "train_peak_pct": round(100 * 3 * gflops * loop / peak_gflop_s, 2),
@@ -233,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, help="a COVID-QU-Ex tree (default: a synthetic 256 px tree written to a temp folder)")
     p.add_argument("--per-class", type=int, default=24,
                    help="synthetic images per class and split (default 24: 48 training images, 6 batches of 8)")
-    p.add_argument("--bare-steps", type=int, default=6, help="timed bare optimizer steps (default 6)")
+    p.add_argument("--repeats", type=int, default=3, help="passes of prediction over the Val images, at least (default 3)")
+    p.add_argument("--pair-seconds", type=float, default=30.0,
+                   help="seconds of paired timing to collect for training and for prediction, when cheap enough (default 30)")
     p.add_argument("--warmup-batches", type=int, default=1, help="epoch-2 batches left out of the loop's rate (default 1)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--json", type=Path, help="write the figures here")
@@ -250,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for arch in args.archs.split(","):
             t = time.perf_counter()
-            results.append(bench_arch(arch.strip(), data, args.size, args.bs, device, args.bare_steps, args.warmup_batches,
-                                      peak))
+            results.append(bench_arch(arch.strip(), data, args.size, args.bs, device, args.warmup_batches, peak,
+                                      args.repeats, args.pair_seconds))
             results[-1]["bench_seconds"] = round(time.perf_counter() - t, 1)
             print(f"{arch}: done in {results[-1]['bench_seconds']} s", file=sys.stderr)
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),

@@ -13,6 +13,9 @@ OUT=${OUT:-/tmp/gpu-out}
 DEADLINE=${DEADLINE:-520}
 SWEEP=${SWEEP:-12}  # how many of the sweep runs to do
 DEVICE=${DEVICE:-cuda}
+ONLY_SWEEP=${ONLY_SWEEP:-0}  # 1: skip the bench and the 256 px runs
+PAR=${PAR:-3}  # sweep runs at a time
+SWEEP_FILE=${SWEEP_FILE:-}  # a file of sweep lines (NAME ARCH OPTIONS...) instead of the list below
 rm -rf /tmp/gpu-runs /tmp/gpu-logs /tmp/s  # a warm machine keeps the last call's files
 mkdir -p "$OUT" /tmp/gpu-logs
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 MPLBACKEND=Agg
@@ -60,23 +63,24 @@ if command -v nvidia-smi >/dev/null; then
 fi
 
 say "1. smoke"
-$cf synth /tmp/s --per-class 8 --size 64 --seed 0 >/dev/null &&
+[ "${SMOKE:-1}" = 1 ] && { $cf synth /tmp/s --per-class 8 --size 64 --seed 0 >/dev/null &&
   timeout 150 $cf train attention-unet --data /tmp/s --size 64 --epochs 1 --bs 8 --name smoke-att --device $DEVICE &&
   timeout 150 $cf train resnet34 --data /tmp/s --size 64 --epochs 1 --bs 8 --no-pretrained --name smoke-r34 --device $DEVICE &&
-  timeout 100 $cf evaluate /tmp/gpu-runs/smoke-att --split Test
-if [ $? -ne 0 ]; then say "SMOKE FAILED"; pack; exit 1; fi
+  timeout 100 $cf evaluate /tmp/gpu-runs/smoke-att --split Test || { say "SMOKE FAILED"; pack; exit 1; }; }
 
-say "2. bench 256 px bs 32"
-timeout $(atleast $(($(left) - 300)) 30) python3 benchmarks/bench.py --size 256 --bs 32 --data "$DATA" --bare-steps 20 \
-  --json "$OUT/bench256.json" 2>&1 | tee "$OUT/bench256.md"
+if [ "$ONLY_SWEEP" = 0 ]; then
+  say "2. bench 256 px bs 32"
+  timeout $(atleast $(($(left) - 300)) 30) python3 benchmarks/bench.py --size 256 --bs 32 --data "$DATA" \
+    --json "$OUT/bench256.json" 2>&1 | tee "$OUT/bench256.md"
 
-say "3. 30-epoch runs at 256 px (both at once) and 4. the 128 px sweep"
-timeout $(atleast $(($(left) - 15)) 30) $cf train attention-unet --data "$DATA" --size 256 --epochs 30 --bs 16 --lr 3e-3 \
-  --no-pretrained --workers 4 --name gpu256-attention-unet > /tmp/gpu-logs/gpu256-attention-unet.log 2>&1 &
-p1=$!
-timeout $(atleast $(($(left) - 15)) 30) $cf train resnet34 --data "$DATA" --size 256 --epochs 30 --bs 16 --lr 1e-3 \
-  --no-pretrained --workers 4 --name gpu256-resnet34 > /tmp/gpu-logs/gpu256-resnet34.log 2>&1 &
-p2=$!
+  say "3. 30-epoch runs at 256 px (both at once) and 4. the 128 px sweep"
+  timeout $(atleast $(($(left) - 15)) 30) $cf train attention-unet --data "$DATA" --size 256 --epochs 30 --bs 16 --lr 3e-3 \
+    --no-pretrained --workers 4 --name gpu256-attention-unet > /tmp/gpu-logs/gpu256-attention-unet.log 2>&1 &
+  p1=$!
+  timeout $(atleast $(($(left) - 15)) 30) $cf train resnet34 --data "$DATA" --size 256 --epochs 30 --bs 16 --lr 1e-3 \
+    --no-pretrained --workers 4 --name gpu256-resnet34 > /tmp/gpu-logs/gpu256-resnet34.log 2>&1 &
+  p2=$!
+fi
 
 sweep_one() {  # NAME ARCH OPTIONS...
   local name=$1 arch=$2; shift 2
@@ -87,7 +91,8 @@ sweep_one() {  # NAME ARCH OPTIONS...
   echo "$name exit $?"
 }
 export -f sweep_one left; export T0 DEADLINE DATA cf
-if [ "$SWEEP" -gt 0 ]; then
+sweep_list() {
+  if [ -n "$SWEEP_FILE" ]; then cat "$SWEEP_FILE"; return; fi
   printf '%s\n' \
     "att-base attention-unet --lr 3e-3" \
     "r34-base resnet34 --lr 1e-3" \
@@ -100,10 +105,14 @@ if [ "$SWEEP" -gt 0 ]; then
     "att-seed1 attention-unet --lr 3e-3 --seed 1" \
     "r34-seed1 resnet34 --lr 1e-3 --seed 1" \
     "r34-lr3e3 resnet34 --lr 3e-3" \
-    "att-noaug-ew05 attention-unet --lr 3e-3 --no-augment --empty-weight 0.5" | head -n "$SWEEP" |
-    xargs -P 3 -I{} bash -c 'sweep_one {}'
+    "att-noaug-ew05 attention-unet --lr 3e-3 --no-augment --empty-weight 0.5"
+}
+if [ "$SWEEP" -gt 0 ]; then
+  sweep_list | head -n "$SWEEP" | xargs -P "$PAR" -I{} bash -c 'sweep_one {}'
 fi
 say "sweep finished; waiting for the 256 px runs"
-wait $p1 $p2
-tail -n 3 /tmp/gpu-logs/gpu256-*.log
+if [ "$ONLY_SWEEP" = 0 ]; then
+  wait $p1 $p2
+  tail -n 3 /tmp/gpu-logs/gpu256-*.log
+fi
 pack

@@ -56,3 +56,25 @@ def test_read_xray_scales_16_bit(tmp_path):
     p = tmp_path / "x16.png"
     Image.fromarray(np.array([[0, 65535], [32768, 0]], np.uint16)).save(p)
     assert read_xray(p).tolist() == [[0, 255], [128, 0]]
+
+
+def test_loader_settings_keep_a_gpu_fed_and_leave_the_cpu_path_alone(monkeypatch):
+    from covfast.data import loader_settings
+    assert loader_settings(torch.device("cpu")) == {"num_workers": 0}  # the PNG cache lives in the main process
+    assert loader_settings("cpu", 3) == {"num_workers": 3}
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert loader_settings("cuda") == {"num_workers": 8, "pin_memory": True, "persistent_workers": True}
+    assert loader_settings("cuda", 2) == {"num_workers": 2, "pin_memory": True, "persistent_workers": True}
+
+
+def test_items_are_prepared_once_and_served_unchanged(synth_root):
+    dls = covid_dataloaders(synth_root, Config(img_size=32, bs=4, seed=0), augment=False)
+    first = list(dls.valid)  # fastai's item pipeline: decode, mask codes, resize, ToTensor
+    assert len(dls.valid._items) == len(dls.valid.items)
+    again = list(dls.valid)  # from the item cache
+    for (x1, y1), (x2, y2) in zip(first, again):
+        assert type(x2) is type(x1) and type(y2) is type(y1)
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    # a loader for other items never sees these
+    test = dls.test_dl(dls.valid.items.iloc[:2])
+    assert test._items == {} and len(list(test)) == 1

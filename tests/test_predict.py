@@ -1,6 +1,7 @@
 """predict on a mixed folder, and the overlay's colours."""
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 from PIL import Image
@@ -72,3 +73,25 @@ def test_predict_needs_only_the_run_directory(synth_root, tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "predictions.csv")
     assert len(table) == len(list(images.iterdir())) and (table.infected_pixels == 0).all()
+
+
+def test_prediction_batches_hold_the_pixels_of_fastais_validation_pipeline(mixed_folder, synth_root):
+    "iter_logits builds its batches without fastai's per-item pipeline; they must be the same tensors."
+    from covfast.data import inference_dataloaders
+    from covfast.learner import covfast_learner
+    from covfast.predict import _batch_pixels, _input_size, validation_batch
+
+    folder, _ = mixed_folder
+    masks = synth_root / DATASET_DIR / "Test" / "COVID-19" / "infection masks"
+    good_mask = str(sorted(masks.iterdir())[0])
+    items = pd.DataFrame({"image": [str(folder / n) for n in ("good.png", "deep16.png", "photo.jpg")],
+                          "infection_mask": [good_mask] * 3})
+    for size in (32, 48):
+        learn, _ = covfast_learner(inference_dataloaders(size, 3), "attention-unet", features=(4, 8), pretrained=False)
+        assert _input_size(learn) == (size, size)
+        fast = validation_batch(learn, _batch_pixels(items, _input_size(learn), with_labels=True))
+        slow = learn.dls.test_dl(items, with_labels=True, bs=3).one_batch()
+        assert type(fast[0]) is type(slow[0]) and type(fast[1]) is type(slow[1])
+        assert fast[0].shape == slow[0].shape == (3, 3, size, size)
+        assert torch.equal(fast[0], slow[0]), (fast[0] - slow[0]).abs().max()
+        assert torch.equal(fast[1], slow[1]) and fast[1].dtype == slow[1].dtype

@@ -12,7 +12,7 @@ from covfast.cli import app
 from covfast.config import Config
 from covfast.errors import CovfastError
 from covfast.runs import HISTORY_COLUMNS, load_weights, read_json
-from covfast.train import train
+from covfast.train import learner_for_config, train
 
 runner = CliRunner()
 RUN_FILES = {"config.json", "history.csv", "model.pth", "checkpoint.pth"}
@@ -166,3 +166,17 @@ def test_features_option_sets_the_attention_unet_widths(synth_root, tmp_path):
     assert bad.exit_code == 2 and "two or more positive integers" in bad.stderr
     wrong = cli("train", "resnet34", "--data", synth_root, "--features", "4,8")
     assert wrong.exit_code == 2 and "attention-unet" in wrong.stderr
+
+
+def test_no_augment_trains_on_plain_batches_and_is_recorded(synth_root, tmp_path):
+    result = cli("train", "attention-unet", "--data", synth_root, "--size", 32, "--bs", 4, "--epochs", 1,
+                 "--features", "4,8", "--no-augment", "--name", "plain")
+    assert result.exit_code == 0, result.output
+    cfg = read_json(tmp_path / "runs" / "plain" / "config.json")
+    assert cfg["augment"] is False
+    # the learner rebuilt from config.json (as --resume does) has no augmentation in its training batches
+    learn, _ = learner_for_config(cfg, pretrained=False, warn=False)
+    names = [type(t).__name__ for t in learn.dls.train.after_batch.fs]
+    assert "Affine" not in " ".join(names) and "Brightness" not in names and "Normalize" in names
+    augmented, _ = learner_for_config({**cfg, "augment": True}, pretrained=False, warn=False)
+    assert len(augmented.dls.train.after_batch.fs) > len(learn.dls.train.after_batch.fs)
