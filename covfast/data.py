@@ -117,7 +117,7 @@ class ItemCacheDL(TfmdDL):
             item = super().do_item(s)
             if item is None:
                 return None
-            self._items[s] = (item[0][:1], *item[1:])
+            self._items[s] = (item[0][:1].clone(), *item[1:])  # clone: a slice would keep all three channels alive
         x, *rest = self._items[s]
         return (x.expand(3, -1, -1), *rest)
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import CovfastError
 
-__all__ = ["world_size", "rank", "is_main", "start", "from_main", "unwrap"]
+__all__ = ["world_size", "rank", "is_main", "start", "from_main", "unwrap", "weights_agree"]
 
 
 def world_size() -> int:
@@ -53,9 +53,10 @@ def start(device: str | None = None) -> torch.device:
     except ImportError:
         raise CovfastError('a distributed run needs accelerate: pip install "covfast[accelerate]"') from None
     from fastai.distributed import DistributedDL
-    cpu = device == "cpu" or not torch.cuda.is_available()
-    if device == "cuda" and cpu:
+    kind = None if device in (None, "auto") else torch.device(device).type  # config.json may hold 'cuda:0'
+    if kind == "cuda" and not torch.cuda.is_available():
         raise CovfastError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    cpu = kind == "cpu" or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)
     DistributedDL._broadcast = _broadcast_on_backend
     return torch.device(state.device)
@@ -73,3 +74,18 @@ def from_main(value: Any) -> Any:
 def unwrap(model: nn.Module) -> nn.Module:
     "The model inside a DistributedDataParallel wrapper (whose state_dict keys carry a 'module.' prefix)."
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def weights_agree(model: nn.Module) -> bool:
+    """Whether every process ends with the same weights, as DDP's averaged gradients guarantee.
+
+    A cheap check (one float64 checksum per process) that the model really trained as one: a model
+    the launcher failed to wrap would train a separate copy on each share of the data.
+    """
+    if world_size() == 1 or not dist.is_initialized():
+        return True
+    params = list(unwrap(model).parameters())
+    total = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1).to(params[0].device)
+    sums = [torch.zeros_like(total) for _ in range(world_size())]
+    dist.all_gather(sums, total)
+    return all(bool(torch.equal(sums[0], s)) for s in sums)

@@ -264,6 +264,11 @@ def _fit(learn: Learner, run_dir: Path, cfg: dict[str, Any], completed: int, cbs
         print(f"\nInterrupted after epoch {done} of {epochs}; checkpoint kept. "
               f"Continue with: covfast train {cfg['arch']} --resume {run_dir}", file=sys.stderr)
         raise
+    if distributed.world_size() > 1:
+        cfg["weights_agree"] = distributed.weights_agree(learn.model)  # every process takes part
+        if main and not cfg["weights_agree"]:
+            print("covfast: warning: the processes ended with different weights, so they did not train as one "
+                  "model (DDP); model.pth holds the main process's", file=sys.stderr)
     if not main:
         return run_dir
     cfg["status"] = "complete"

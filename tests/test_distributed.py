@@ -40,6 +40,7 @@ def test_two_processes_train_one_whole_run(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pth", "config.json", "history.csv", "model.pth"]
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["processes"] == 2 and cfg["status"] == "complete"
+    assert cfg["weights_agree"] is True  # DDP averaged the gradients: both processes hold the same weights
     history = pd.read_csv(run / "history.csv")
     assert history.epoch.tolist() == [1, 2]
     assert history.notna().all().all()
