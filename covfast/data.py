@@ -22,7 +22,7 @@ from .config import Config
 from .dataset import scan_tree
 from .errors import CovfastError
 
-__all__ = ["CODES", "InfectionMask", "ItemCacheDL", "PILInfectionMask", "read_xray", "read_mask", "load_xray", "load_mask", "XRayBlock", "SegmentationBlock",
+__all__ = ["CODES", "InfectionMask", "ItemCacheDL", "PILInfectionMask", "read_xray", "read_mask", "xray_pixels", "mask_pixels", "load_xray", "load_mask", "XRayBlock", "SegmentationBlock",
            "xray_augmentations", "covid_datablock", "training_items", "covid_dataloaders", "inference_dataloaders",
            "loader_settings", "clear_cache"]
 
@@ -84,15 +84,25 @@ def clear_cache() -> None:
     _cached_mask.cache_clear()
 
 
+def xray_pixels(item: str | Path | np.ndarray) -> np.ndarray:
+    "An X-ray item (a file, decoded once per process, or an HxW uint8 array) as HxW uint8 gray."
+    return item if isinstance(item, np.ndarray) else _cached_xray(str(item))
+
+
+def mask_pixels(item: str | Path | np.ndarray) -> np.ndarray:
+    "A mask item (a 0/255 file, decoded once per process, or an HxW 0/1 array) as HxW uint8 0/1."
+    return item.astype(np.uint8) if isinstance(item, np.ndarray) else _cached_mask(str(item))
+
+
 def load_xray(item: str | Path | np.ndarray) -> PILImage:
     "An X-ray (a file, or an HxW uint8 array) as a 3-channel PILImage, so ImageNet encoders and their normalisation apply."
-    gray = item if isinstance(item, np.ndarray) else _cached_xray(str(item))
+    gray = xray_pixels(item)
     return PILImage.create(np.repeat(gray[..., None], 3, axis=2))
 
 
 def load_mask(item: str | Path | np.ndarray) -> PILInfectionMask:
     "A 0/255 mask (a file, or an HxW 0/1 array) as a PILMask of class indices 0/1."
-    return PILInfectionMask.create(item.astype(np.uint8) if isinstance(item, np.ndarray) else _cached_mask(str(item)))
+    return PILInfectionMask.create(mask_pixels(item))
 
 
 class ItemCacheDL(TfmdDL):

@@ -16,7 +16,7 @@ from fastai.vision.augment import Resize
 from PIL import Image
 
 from .config import Config
-from .data import InfectionMask, _cached_mask, _cached_xray, read_mask
+from .data import InfectionMask, _cached_xray, mask_pixels, read_mask, xray_pixels
 from .errors import CovfastError
 from .metrics import gate_empty, predicted_infection
 
@@ -40,12 +40,10 @@ def _resized(pixels: np.ndarray, size: tuple[int, int], resample: int) -> np.nda
 def _batch_pixels(rows: pd.DataFrame, size: tuple[int, int], with_labels: bool) -> tuple[np.ndarray, ...]:
     """uint8 X-rays (B, H, W) and masks, resized as the validation `Resize` does (Squish: bilinear for
     images, nearest for masks). Decoding and resizing release the GIL, so this runs in a helper thread."""
-    x = np.stack([_resized(p if isinstance(p, np.ndarray) else _cached_xray(str(p)), size, Image.BILINEAR)
-                  for p in rows.image])
+    x = np.stack([_resized(xray_pixels(p), size, Image.BILINEAR) for p in rows.image])
     if not with_labels:
         return (x,)
-    y = np.stack([_resized(m.astype(np.uint8) if isinstance(m, np.ndarray) else _cached_mask(str(m)), size, Image.NEAREST)
-                  for m in rows.infection_mask])
+    y = np.stack([_resized(mask_pixels(m), size, Image.NEAREST) for m in rows.infection_mask])
     return x, y
 
 
