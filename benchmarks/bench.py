@@ -45,12 +45,13 @@ from fastai.callback.core import Callback, CancelFitException, CancelValidExcept
 from torch.utils.flop_counter import FlopCounterMode
 
 from covfast.config import Config
-from covfast.data import clear_cache, covid_dataloaders, inference_dataloaders, loader_settings
+from covfast.data import clear_cache, inference_dataloaders
 from covfast.dataset import scan_tree
-from covfast.learner import covfast_learner, pick_device, use_gpu_speedups
+from covfast.learner import pick_device, use_gpu_speedups
 from covfast.losses import SegLoss
 from covfast.predict import iter_logits, upsample_mask
 from covfast.synth import write_synthetic
+from covfast.train import learner_for_config
 
 
 def median(values: list[float]) -> float:
@@ -133,13 +134,18 @@ def forward_gflops(model: torch.nn.Module, size: int, device: torch.device) -> f
     return counter.get_total_flops() / 1e9
 
 
+def random_batch(bs: int, size: int, device: torch.device) -> torch.Tensor:
+    "In-memory input images, channels_last on CUDA as covfast's learner uses there."
+    cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=cl)
+
+
 class BareStep:
     "One forward + backward + Adam step on an in-memory batch, on its own copy of the model; calling it returns its seconds."
 
     def __init__(self, model, bs, size, device, warmup=2):
-        cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.model, self.device = copy.deepcopy(model).train(), device
-        self.x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=cl)
+        self.x = random_batch(bs, size, device)
         self.y = (torch.rand(bs, size, size, device=device) > 0.8).long()
         self.loss_func, self.opt = SegLoss(), torch.optim.Adam(self.model.parameters(), 1e-4)
         for _ in range(warmup):
@@ -160,9 +166,8 @@ class BareForward:
     "One no-grad forward pass of an in-memory batch through `model`; calling it returns its seconds."
 
     def __init__(self, model, bs, size, device, warmup=1):
-        cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.model, self.device = model, device
-        self.x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=cl)
+        self.x = random_batch(bs, size, device)
         for _ in range(warmup):
             self()
 
@@ -177,13 +182,12 @@ class BareForward:
 
 def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, warmup_batches: int,
                peak_gflop_s: float, repeats: int = 3, pair_seconds: float = 30.0) -> dict:
-    loader = loader_settings(device)
-    config = Config(img_size=size, bs=bs, seed=0, num_workers=loader.pop("num_workers"))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    dls = covid_dataloaders(data, config, device=device, **loader)
-    learn, _ = covfast_learner(dls, arch, pretrained=False, warn=False)
-    precision = use_gpu_speedups(learn) if device.type == "cuda" else "fp32"
+    # the learner `covfast train` builds: its loaders (workers and pinned memory on CUDA), seed and cuDNN settings
+    config = Config(img_size=size, bs=bs, seed=0)
+    cfg = {"arch": arch, **config.to_dict(), "data_root": str(Path(data).resolve()), "pretrained": False,
+           "device": device.type}
+    learn, _ = learner_for_config(cfg, warn=False)
+    precision = use_gpu_speedups(learn)
     model = learn.model.to(device)
     gflops = forward_gflops(model, size, device)
 
