@@ -46,8 +46,10 @@ def _broadcast_on_backend(self, t, rank: int):
     return t.cpu().tolist()
 
 
-def start(device: str | None = None) -> torch.device:
-    "Join the process group (NCCL on CUDA, gloo on CPU) and return this process's device."
+def start(device: str | None = None) -> torch.device | None:
+    "In a distributed run, join the process group (NCCL on CUDA, gloo on CPU) and return this process's device; else None."
+    if world_size() == 1:
+        return None
     try:
         from accelerate import PartialState
     except ImportError:

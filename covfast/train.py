@@ -155,11 +155,9 @@ def train(
     config = config or Config()
     arch = check_arch(arch)
     lr = parse_lr(config.lr)  # fail on a bad --lr before any work
-    run_device = None
-    if distributed.world_size() > 1:
-        if lr is None:  # each process's lr_find would pick its own rate
-            raise CovfastError("--lr auto is not available in a distributed run; run `covfast lr-find` first and pass --lr")
-        run_device = distributed.start(device)
+    if lr is None and distributed.world_size() > 1:  # each process's lr_find would pick its own rate
+        raise CovfastError("--lr auto is not available in a distributed run; run `covfast lr-find` first and pass --lr")
+    run_device = distributed.start(device)
     cfg = {"arch": arch, **config.to_dict(), "data_root": str(resolve_root(data or config.data_path).resolve()),
            "pretrained": pretrained, "device": device or "auto", "fp16": fp16, "empty_weight": empty_weight,
            "gate_topk": gate_topk, "augment": augment,
@@ -210,7 +208,7 @@ def _resume(resume: str | Path, config: Config | None, device: str | None, cbs: 
         raise CovfastError(f"run {run_dir} already completed its {cfg['epochs']} epochs; nothing to resume")
     if device is not None:
         cfg["device"] = device
-    run_device = distributed.start(cfg.get("device")) if distributed.world_size() > 1 else None
+    run_device = distributed.start(cfg.get("device"))
     # the run's own settings, pretrained status included: the encoder weights come from the checkpoint
     learn, _ = learner_for_config(cfg, pretrained=False, warn=False, device=run_device)
     learn.path = run_dir
