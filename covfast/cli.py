@@ -165,6 +165,7 @@ def train_cmd(
     workers: WorkersOpt = None,
     gate_topk: Annotated[float, typer.Option("--gate-topk", min=0.0, max=1.0, help="Outside training, call an image infected only if its top share of pixels (this share) is on average infection; 0 turns the gate off.")] = 0.02,
     empty_weight: Annotated[float, typer.Option("--empty-weight", min=0.0, help="Weight of an extra image-level loss term against false positives on empty masks; 0 gives plain CE + Dice.")] = 0.0,
+    dice_weight: Annotated[float, typer.Option("--dice-weight", min=0.0, help="Weight of the loss's Dice term; cross-entropy has weight 1.")] = 1.0,
     features: Annotated[Optional[str], typer.Option("--features", help="attention-unet channel widths per level, comma-separated; the count sets the depth. Default: 16,32,64,128,256 (8.35 GFLOPs per 256x256 image; 32,...,512: 33.3).", show_default=False)] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random rotation, zoom, warp and lighting on training batches (no flips).")] = True,
 ) -> None:
@@ -181,7 +182,7 @@ def train_cmd(
             raise CovfastError(f"run {resume} trained {run_arch}, not {arch}; use covfast train {run_arch} --resume {resume}")
     try:
         train(arch, data, config, name=name, pretrained=pretrained, device=device, fp16=fp16, resume=resume,
-              empty_weight=empty_weight, gate_topk=gate_topk, augment=augment,
+              empty_weight=empty_weight, dice_weight=dice_weight, gate_topk=gate_topk, augment=augment,
               features=_parse_features(features, arch) if features else DEFAULT_FEATURES)
     except KeyboardInterrupt:
         raise typer.Exit(130)

@@ -79,6 +79,7 @@ def covfast_learner(
     pretrained: bool = True,  # ImageNet weights for the encoder (not for attention-unet)
     features: tuple[int, ...] = DEFAULT_FEATURES,  # attention-unet channel widths
     empty_weight: float = 0.0,  # weight of `SegLoss`'s image-level term
+    dice_weight: float = 1.0,  # weight of `SegLoss`'s Dice term
     gate_topk: float = 0.02,  # `gate_empty`'s share of pixels at inference; 0 turns the gate off
     warn: bool = True,  # print the one-line warning when pretrained weights cannot be had
 ) -> tuple[Learner, Pretrained]:
@@ -93,7 +94,7 @@ def covfast_learner(
     else:
         status = Pretrained(False, "--no-pretrained")
     stats = SegmentationStats()
-    common = dict(loss_func=SegLoss(empty_weight=empty_weight), opt_func=Adam, cbs=[EmptyGate(gate_topk), stats],
+    common = dict(loss_func=SegLoss(empty_weight=empty_weight, dice_weight=dice_weight), opt_func=Adam, cbs=[EmptyGate(gate_topk), stats],
                   metrics=segmentation_metrics(stats))
     if arch == "attention-unet":
         learn = Learner(dls, AttentionUNet(3, 2, features), **common)

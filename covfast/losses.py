@@ -11,7 +11,7 @@ __all__ = ["SegLoss"]
 
 
 class SegLoss:
-    """CrossEntropyLossFlat(axis=1) + DiceLoss(reduction='mean') + `empty_weight` x image-level BCE.
+    """CrossEntropyLossFlat(axis=1) + `dice_weight` x DiceLoss(reduction='mean') + `empty_weight` x image-level BCE.
 
     Why the image-level term: half the images (Non-COVID) have an empty truth. On them the per-image
     Dice loss is ~1 whatever the model predicts (its smooth is 1e-6), so it gives no gradient against
@@ -26,8 +26,9 @@ class SegLoss:
         empty_weight: float = 0.0,  # weight of the image-level term; 0 gives plain CE + Dice
         topk: float = 0.005,  # share of pixels whose margins score an image
         axis: int = 1,
+        dice_weight: float = 1.0,  # weight of the Dice term against cross-entropy's 1
     ):
-        self.empty_weight, self.topk, self.axis = empty_weight, topk, axis
+        self.empty_weight, self.topk, self.axis, self.dice_weight = empty_weight, topk, axis, dice_weight
         self.ce = CrossEntropyLossFlat(axis=axis)
         # 'mean', not fastai's default 'sum': the loss scale must not grow with the batch size
         self.dice = DiceLoss(axis=axis, reduction="mean")
@@ -40,7 +41,7 @@ class SegLoss:
         return F.binary_cross_entropy_with_logits(score, has_infection)
 
     def __call__(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
-        loss = self.ce(pred, targ) + self.dice(pred, targ)
+        loss = self.ce(pred, targ) + self.dice_weight * self.dice(pred, targ)
         if self.empty_weight:
             loss = loss + self.empty_weight * self.image_term(TensorBase(pred), TensorBase(targ))
         return loss

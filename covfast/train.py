@@ -97,7 +97,8 @@ def learner_for_config(cfg: dict[str, Any], pretrained: bool | None = None, warn
         dls = covid_dataloaders(cfg["data_root"], config, augment=cfg.get("augment", True), device=device, **dl_kwargs)
     learn, status = covfast_learner(dls, cfg["arch"], pretrained=cfg.get("pretrained", True) if pretrained is None else pretrained,
                                     features=tuple(cfg.get("features") or DEFAULT_FEATURES),
-                                    empty_weight=cfg.get("empty_weight", 0.0), gate_topk=cfg.get("gate_topk", 0.02),
+                                    empty_weight=cfg.get("empty_weight", 0.0),
+                                    dice_weight=cfg.get("dice_weight", 1.0), gate_topk=cfg.get("gate_topk", 0.02),
                                     warn=warn)
     return learn, status
 
@@ -145,6 +146,7 @@ def train(
     resume: str | Path | None = None,  # continue this run from its last completed epoch
     features: tuple[int, ...] = DEFAULT_FEATURES,  # attention-unet channel widths
     empty_weight: float = 0.0,  # weight of the loss's image-level term
+    dice_weight: float = 1.0,  # weight of the loss's Dice term (cross-entropy has 1)
     gate_topk: float = 0.02,  # inference gate: share of pixels that must, on average, be infection
     augment: bool = True,  # `xray_augmentations` on the training batches
     cbs: list | None = None,  # extra fastai callbacks
@@ -160,7 +162,7 @@ def train(
     run_device = distributed.start(device)
     cfg = {"arch": arch, **config.to_dict(), "data_root": str(resolve_root(data or config.data_path).resolve()),
            "pretrained": pretrained, "device": device or "auto", "fp16": fp16, "empty_weight": empty_weight,
-           "gate_topk": gate_topk, "augment": augment,
+           "dice_weight": dice_weight, "gate_topk": gate_topk, "augment": augment,
            "features": list(features) if arch == "attention-unet" else None}
     learn, status = learner_for_config(cfg, device=run_device)
     run_dir = _new_run_dir(config.runs_dir, name, arch_slug(arch))

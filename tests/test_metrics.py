@@ -66,3 +66,14 @@ def test_predicted_infection_is_the_two_channel_argmax_with_ties_to_background()
     assert torch.equal(predicted_infection(logits), logits.argmax(1) == 1)
     assert not predicted_infection(logits)[0, 0, 0]
     assert torch.equal(predicted_infection(logits[1], dim=0), logits[1].argmax(0) == 1)
+
+
+def test_loss_weights_its_dice_term_against_cross_entropy():
+    # one 2x2 image, infection in the top-left pixel; logits 0 give probability 1/2 everywhere
+    truth = torch.tensor([[[1, 0], [0, 0]]])
+    logits = torch.zeros(1, 2, 2, 2)
+    ce = np.log(2)
+    # Dice per class, 2*inter/(sum p + sum truth): background 2*1.5/(2+3) = 0.6, infection 2*0.5/(2+1) = 1/3
+    dice_loss = ((1 - 0.6) + (1 - 1 / 3)) / 2
+    for w in (0.0, 1.0, 3.0):
+        assert float(SegLoss(dice_weight=w)(logits, truth)) == pytest.approx(ce + w * dice_loss, abs=1e-5)
