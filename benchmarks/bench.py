@@ -223,7 +223,7 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
             passes += 1
             clear_cache()
             t, first = time.perf_counter(), True
-            for i, logits, _ in iter_logits(learn, items, 0.02, bs=bs):
+            for i, logits, _ in iter_logits(learn, items, bs=bs):
                 upsample_mask(logits, (size, size))
                 if (i + 1) % bs == 0:
                     sync(device)

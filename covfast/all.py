@@ -13,6 +13,7 @@ from .runs import *  # noqa: F401,F403
 from .train import *  # noqa: F401,F403
 from .predict import *  # noqa: F401,F403
 from .evaluate import *  # noqa: F401,F403
+from .calibrate import *  # noqa: F401,F403
 from .report import *  # noqa: F401,F403
 from .compare import *  # noqa: F401,F403
 from .demo import *  # noqa: F401,F403

@@ -239,6 +239,26 @@ def evaluate_cmd(
     typer.echo(f"\nWrote {out / 'per_image.csv'}, {out / 'summary.csv'}, {out / 'summary.json'}")
 
 
+@app.command("calibrate")
+def calibrate_cmd(
+    run: RunArg,
+    specificity: Annotated[float, typer.Option("--specificity", min=0.0, max=1.0, help="Share of empty-truth images (Non-COVID, Normal) of the split that the empty-mask gate must leave empty.")] = 0.3,
+    split: Annotated[str, typer.Option("--split", help="Split whose images set the gate: Train; never the split you evaluate.")] = "Train",
+    data: DataOpt = None,
+    bs: BsOpt = None,
+    device: DeviceOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the run's existing calibration.json.")] = False,
+) -> None:
+    """Set a run's empty-mask gate threshold on its training images (calibration.json); evaluate, report and predict then use it."""
+    from .calibrate import calibrate
+
+    result = calibrate(run, specificity, split, data, load_config(bs=bs), device=device, force=force,
+                       progress=_progress("Scoring"))
+    typer.echo(f"gate margin {result['gate_margin']:.4f} (top {result['gate_topk']:g} of pixels) on {result['split']}: "
+               f"{result['specificity_reached']:.4f} of {result['n_empty']} empty-truth images left empty, "
+               f"{result['sensitivity']:.4f} of {result['n_infected']} infected images kept")
+
+
 @app.command("report")
 def report_cmd(
     run: RunArg,

@@ -86,7 +86,7 @@ def compare(
     preds = []
     for d in dirs:
         learn, cfg, _ = load_run(d, config.runs_dir, device)
-        preds.append(infer_cases(learn, rows, cfg.get("gate_topk", 0.0)))
+        preds.append(infer_cases(learn, rows))
     fig, axes = plt.subplots(len(rows), 2 + len(dirs), figsize=(3 * (2 + len(dirs)), 3 * len(rows)), squeeze=False)
     for r, ax_row in enumerate(axes):
         first = preds[0][r]

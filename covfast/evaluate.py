@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .calibrate import CALIBRATION_FILE
 from .config import CLASSES, Config
 from .data import read_mask
 from .dataset import scan_tree
@@ -37,11 +38,15 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
     """A run's learner with its best weights (model.pth, weights_only), its config and its directory.
 
     Needs only the run directory: the learner carries the validation transforms, not the training
-    data. `with_data=True` attaches the run's Train/Val DataLoaders instead (for `learn.show_results()`).
+    data. Its empty-mask gate uses the threshold of calibration.json when `covfast calibrate` wrote
+    one. `with_data=True` attaches the run's Train/Val DataLoaders instead (for `learn.show_results()`).
     """
     from .train import learner_for_config
     run_dir = resolve_run(run, runs_dir)
     cfg = read_json(run_dir / "config.json")
+    if (run_dir / CALIBRATION_FILE).is_file():
+        cfg["calibration"] = read_json(run_dir / CALIBRATION_FILE)
+        cfg["gate_margin"] = cfg["calibration"]["gate_margin"]
     if device is not None:
         cfg["device"] = device
     learn, _ = learner_for_config(cfg, pretrained=False, warn=False, inference=not with_data)
@@ -64,11 +69,10 @@ def split_items(root: str | Path, split: str, classes: tuple[str, ...]) -> pd.Da
     return items
 
 
-def score_items(learn, items: pd.DataFrame, gate_topk: float = 0.02, bs: int | None = None,
-                progress=None) -> pd.DataFrame:
+def score_items(learn, items: pd.DataFrame, bs: int | None = None, progress=None) -> pd.DataFrame:
     "Per-image metrics (DESIGN.md definitions) of `learn.model` on `items`, at each mask's own resolution."
     rows = []
-    for i, logits, target in iter_logits(learn, items, gate_topk, bs=bs, with_labels=True, progress=progress):
+    for i, logits, target in iter_logits(learn, items, bs=bs, with_labels=True, progress=progress):
         item = items.iloc[i]
         truth = read_mask(item.infection_mask).astype(bool)
         lung = read_mask(item.lung_mask).astype(bool)
@@ -150,7 +154,7 @@ def evaluate(
     config = config or Config()
     learn, cfg, run_dir = load_run(run, config.runs_dir, device)
     items = split_items(data or cfg["data_root"], split, tuple(cfg["classes"]))
-    per_image = score_items(learn, items, cfg.get("gate_topk", 0.0), bs=config.bs, progress=progress)
+    per_image = score_items(learn, items, bs=config.bs, progress=progress)
     summary = summarize(per_image)
     out = run_dir / "eval" / items.split.iloc[0]
     out.mkdir(parents=True, exist_ok=True)
@@ -158,6 +162,7 @@ def evaluate(
     summary.to_csv(out / "summary.csv", index=False)
     write_json(out / "summary.json", {"run": run_dir.name, "split": items.split.iloc[0],
                                       "data_root": str(data or cfg["data_root"]),
+                                      "gate_topk": cfg.get("gate_topk", 0.0), "gate_margin": cfg.get("gate_margin", 0.0),
                                       "groups": summary.to_dict("records"),
                                       "reference": reference_table(summary).to_dict("records")})
     return per_image, summary, out

@@ -81,6 +81,7 @@ def covfast_learner(
     empty_weight: float = 0.0,  # weight of `SegLoss`'s image-level term
     dice_weight: float = 1.0,  # weight of `SegLoss`'s Dice term
     gate_topk: float = 0.02,  # `gate_empty`'s share of pixels at inference; 0 turns the gate off
+    gate_margin: float = 0.0,  # `gate_empty`'s evidence threshold (`covfast calibrate` sets it)
     warn: bool = True,  # print the one-line warning when pretrained weights cannot be had
 ) -> tuple[Learner, Pretrained]:
     "A Learner with covfast's loss and metrics; a pretrained encoder comes frozen (unfreeze before the main phase)."
@@ -94,7 +95,7 @@ def covfast_learner(
     else:
         status = Pretrained(False, "--no-pretrained")
     stats = SegmentationStats()
-    common = dict(loss_func=SegLoss(empty_weight=empty_weight, dice_weight=dice_weight), opt_func=Adam, cbs=[EmptyGate(gate_topk), stats],
+    common = dict(loss_func=SegLoss(empty_weight=empty_weight, dice_weight=dice_weight), opt_func=Adam, cbs=[EmptyGate(gate_topk, gate_margin), stats],
                   metrics=segmentation_metrics(stats))
     if arch == "attention-unet":
         learn = Learner(dls, AttentionUNet(3, 2, features), **common)

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from fastai.losses import CrossEntropyLossFlat, DiceLoss
 from fastai.torch_core import TensorBase
 
+from .metrics import evidence_scores
+
 __all__ = ["SegLoss"]
 
 
@@ -34,9 +36,7 @@ class SegLoss:
         self.dice = DiceLoss(axis=axis, reduction="mean")
 
     def image_term(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
-        margin = (pred[:, 1] - pred[:, 0]).flatten(1).float()
-        k = max(1, int(self.topk * margin.shape[1]))
-        score = margin.topk(k, dim=1).values.mean(1)
+        score = evidence_scores(pred.float(), self.topk)
         has_infection = (targ.flatten(1) == 1).any(1).float()
         return F.binary_cross_entropy_with_logits(score, has_infection)
 

@@ -15,7 +15,7 @@ from fastai.learner import Metric
 
 from .config import CLASSES
 
-__all__ = ["predicted_infection", "gate_empty", "EmptyGate", "confusion_counts", "dice_from_counts", "iou_from_counts", "pooled_dice", "SegmentationStats",
+__all__ = ["predicted_infection", "evidence_scores", "gate_empty", "EmptyGate", "learner_gate", "confusion_counts", "dice_from_counts", "iou_from_counts", "pooled_dice", "SegmentationStats",
            "segmentation_metrics"]
 
 
@@ -28,19 +28,24 @@ def predicted_infection(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return logits.select(dim, 1) > logits.select(dim, 0)
 
 
-def gate_empty(logits: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
+def evidence_scores(logits: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
+    "Per image, the mean infection margin (logit 1 - logit 0) of its `topk` share of most confident pixels."
+    margin = (logits[:, 1] - logits[:, 0]).flatten(1)
+    k = max(1, int(topk * margin.shape[1]))
+    return margin.topk(k, dim=1).values.mean(1)
+
+
+def gate_empty(logits: torch.Tensor, topk: float = 0.02, margin: float = 0.0) -> torch.Tensor:
     """Empty the predicted mask of images whose `topk` most confident pixels are not, on average, infection.
 
     Per-pixel argmax fires on any single pixel; a healthy lung then gets a few stray blobs, and a
     Non-COVID image with one COVID-looking spot gets a mask. This asks for evidence over a share of
-    the image (the mean infection margin, logit 1 - logit 0, of its top `topk` pixels must be > 0)
+    the image (`evidence_scores` must be > `margin`; 0 by default, `covfast calibrate` sets another)
     before any pixel is called infection. Logits (B, 2, H, W) in, logits out; `topk=0` is a no-op.
     """
     if not topk:
         return logits
-    margin = (logits[:, 1] - logits[:, 0]).flatten(1)
-    k = max(1, int(topk * margin.shape[1]))
-    empty = margin.topk(k, dim=1).values.mean(1) <= 0
+    empty = evidence_scores(logits, topk) <= margin
     if not empty.any():
         return logits
     out = logits.clone()
@@ -50,15 +55,26 @@ def gate_empty(logits: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
 
 
 class EmptyGate(Callback):
-    "Applies `gate_empty` to the model's output outside training: validation, get_preds, show_results."
+    """Applies `gate_empty` to the model's output outside training: validation, get_preds, show_results.
+
+    The learner's one gate: covfast's own prediction path (`predict.iter_logits`) reads it from here.
+    """
     order = -5  # right after the forward pass, before the loss and every metric
 
-    def __init__(self, topk: float = 0.02):
-        self.topk = topk
+    def __init__(self, topk: float = 0.02, margin: float = 0.0):
+        self.topk, self.margin = topk, margin
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return gate_empty(logits, self.topk, self.margin)
 
     def after_pred(self):
-        if not self.training and self.topk:
-            self.learn.pred = gate_empty(self.pred, self.topk)
+        if not self.training:
+            self.learn.pred = self.apply(self.pred)
+
+
+def learner_gate(learn) -> EmptyGate | None:
+    "The learner's `EmptyGate` callback, or None when it has none."
+    return next((cb for cb in learn.cbs if isinstance(cb, EmptyGate)), None)
 
 
 def confusion_counts(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

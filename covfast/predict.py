@@ -18,7 +18,7 @@ from PIL import Image
 from .config import Config
 from .data import InfectionMask, _cached_xray, mask_pixels, read_mask, xray_pixels
 from .errors import CovfastError
-from .metrics import gate_empty, predicted_infection
+from .metrics import learner_gate, predicted_infection
 
 __all__ = ["IMAGE_SUFFIXES", "iter_logits", "validation_batch", "overlay", "collect_images", "predict"]
 
@@ -62,16 +62,18 @@ def validation_batch(learn, pixels: tuple[np.ndarray, ...]) -> tuple:
 
 
 @torch.no_grad()
-def iter_logits(learn, items: pd.DataFrame, gate_topk: float, bs: int | None = None, with_labels: bool = False,
-                progress=None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+def iter_logits(learn, items: pd.DataFrame, bs: int | None = None, with_labels: bool = False,
+                progress=None, gated: bool = True) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
     """(row index, gated logits (2, h, w) at model resolution, target or None) for every item, batched.
 
     Items get the learner's own validation transforms (resize, normalisation), so prediction sees
-    exactly what validation saw; evaluate and predict share this one path. The next batch's PNGs are
-    decoded in a helper thread while the model runs on this one.
+    exactly what validation saw, and the learner's own `EmptyGate` (`gated=False`: the raw logits);
+    evaluate and predict share this one path. The next batch's PNGs are decoded in a helper thread
+    while the model runs on this one.
     """
     bs = bs or learn.dls.bs
     size = _input_size(learn)
+    gate = learner_gate(learn)
     starts = range(0, len(items), bs)
     with ThreadPoolExecutor(max_workers=1) as pool:
         ahead = pool.submit(_batch_pixels, items.iloc[0:bs], size, with_labels) if len(items) else None
@@ -82,7 +84,9 @@ def iter_logits(learn, items: pd.DataFrame, gate_topk: float, bs: int | None = N
             batch = validation_batch(learn, pixels)
             # a plain Tensor: fastai's typed tensors would send every op of the forward through Python
             xb = batch[0].as_subclass(torch.Tensor)
-            logits = gate_empty(learn.model(xb).float(), gate_topk)
+            logits = learn.model(xb).float()
+            if gated and gate is not None:
+                logits = gate.apply(logits)
             yb = batch[1].as_subclass(torch.Tensor) if with_labels else None
             for i in range(len(xb)):
                 yield start + i, logits[i], (yb[i] if yb is not None else None)
@@ -158,7 +162,7 @@ def predict(
     rows, taken = [], set()
     if good:
         items = pd.DataFrame({"image": [str(f) for f in good]})
-        for i, logits, _ in iter_logits(learn, items, cfg.get("gate_topk", 0.0), bs=config.bs, progress=progress):
+        for i, logits, _ in iter_logits(learn, items, bs=config.bs, progress=progress):
             f = good[i]
             gray = _cached_xray(str(f))
             mask = upsample_mask(logits, gray.shape)

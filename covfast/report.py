@@ -35,11 +35,11 @@ def plot_history(history: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def infer_cases(learn, rows: pd.DataFrame, gate_topk: float) -> list[dict]:
+def infer_cases(learn, rows: pd.DataFrame) -> list[dict]:
     "Gray image, truth, prediction (mask resolution) and attention maps, for a few per-image rows."
     items = rows.assign(label=rows["class"]).reset_index(drop=True)
     out = []
-    for i, logits, _ in iter_logits(learn, items[["image"]], gate_topk, bs=8):
+    for i, logits, _ in iter_logits(learn, items[["image"]], bs=8):
         row = items.iloc[i]
         gray = read_xray(row.image)
         truth_path = Path(row.image).parent.parent / "infection masks" / Path(row.image).name
@@ -128,11 +128,10 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
     split = folder.name
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    gate = cfg.get("gate_topk", 0.0)
     sections = []
     settings = {k: cfg.get(k) for k in ("arch", "img_size", "bs", "epochs", "lr", "lr_used", "classes", "seed",
-                                        "pretrained", "pretrained_reason", "gate_topk", "empty_weight", "device",
-                                        "precision", "data_root", "status")}
+                                        "pretrained", "pretrained_reason", "gate_topk", "gate_margin", "empty_weight",
+                                        "dice_weight", "device", "precision", "data_root", "status")}
     sections.append(("Settings", html_table(pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]}))))
     history = read_history(run_dir)
     if len(history):
@@ -155,7 +154,7 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
     picks.append(("Top losses", per_image.sort_values("loss", ascending=False).head(4)))
     for i, (title, rows) in enumerate(picks):
         name = f"cases_{i}.png"
-        triptych_figure(infer_cases(learn, rows, gate), out / name, title)
+        triptych_figure(infer_cases(learn, rows), out / name, title)
         sections.append((title, f"<img src='{name}' alt='{html.escape(title)}'>"))
     severity_figure(per_image, out / "severity.png")
     sections.append(("Severity: infection % of lung", "<img src='severity.png' alt='severity scatter'>"

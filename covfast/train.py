@@ -98,7 +98,8 @@ def learner_for_config(cfg: dict[str, Any], pretrained: bool | None = None, warn
     learn, status = covfast_learner(dls, cfg["arch"], pretrained=cfg.get("pretrained", True) if pretrained is None else pretrained,
                                     features=tuple(cfg.get("features") or DEFAULT_FEATURES),
                                     empty_weight=cfg.get("empty_weight", 0.0),
-                                    dice_weight=cfg.get("dice_weight", 1.0), gate_topk=cfg.get("gate_topk", 0.02),
+                                    dice_weight=cfg.get("dice_weight", 1.0), gate_topk=cfg.get("gate_topk", 0.0),
+                                    gate_margin=cfg.get("gate_margin", 0.0),
                                     warn=warn)
     return learn, status
 
