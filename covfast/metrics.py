@@ -15,8 +15,8 @@ from fastai.learner import Metric
 
 from .config import CLASSES
 
-__all__ = ["predicted_infection", "evidence_scores", "gate_empty", "EmptyGate", "learner_gate", "confusion_counts", "dice_from_counts", "iou_from_counts", "pooled_dice", "SegmentationStats",
-           "segmentation_metrics"]
+__all__ = ["predicted_infection", "evidence_scores", "gate_empty", "EmptyGate", "learner_gate", "confusion_counts",
+           "dice_from_counts", "iou_from_counts", "pooled_dice", "SegmentationStats", "segmentation_metrics"]
 
 
 def predicted_infection(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
