@@ -32,12 +32,8 @@ PEERS = {"smp Unet-ResNet34": ((0.27, 0.687), (3, -12)), "fastai unet_learner re
 def tradeoff(run: str, split: str, data: str | None, shares: np.ndarray) -> tuple[pd.DataFrame, dict]:
     learn, cfg, _ = load_run(run, device="cpu")
     items = split_items(data or cfg["data_root"], split, tuple(cfg["classes"]))
-    gate = learner_gate(learn)
     evidence = evidence_of(learn, items)
-    topk, margin = gate.topk, gate.margin
-    gate.topk = 0  # ungated per-image Dice; the gate is applied below, per threshold
-    per_image = score_items(learn, items)
-    gate.topk = topk
+    per_image = score_items(learn, items, gated=False)  # the gate is applied below, per threshold
     covid, empty_truth = (per_image["class"] == "COVID-19").to_numpy(), (per_image.tp + per_image.fn == 0).to_numpy()
     rows = []
     for threshold in [-np.inf, *np.quantile(evidence[~covid], shares)]:
@@ -45,6 +41,7 @@ def tradeoff(run: str, split: str, data: str | None, shares: np.ndarray) -> tupl
         dice = np.where(kept, per_image.dice, empty_truth.astype(float))
         rows.append({"threshold": threshold, "noncovid_empty": dice[~covid].mean(), "covid_dice": dice[covid].mean(),
                      "mean_dice": dice.mean()})
+    margin = learner_gate(learn).margin
     kept = evidence > margin
     current = np.where(kept, per_image.dice, empty_truth.astype(float))
     return pd.DataFrame(rows), {"threshold": margin, "noncovid_empty": current[~covid].mean(),

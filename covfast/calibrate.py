@@ -20,13 +20,12 @@ import pandas as pd
 from .config import Config
 from .data import read_mask
 from .errors import CovfastError
+from .evaluate import load_run, split_items
 from .metrics import evidence_scores, learner_gate
 from .predict import iter_logits
-from .runs import write_json
+from .runs import CALIBRATION_FILE, write_json
 
-__all__ = ["CALIBRATION_FILE", "evidence_of", "margin_for_specificity", "calibrate"]
-
-CALIBRATION_FILE = "calibration.json"
+__all__ = ["evidence_of", "margin_for_specificity", "calibrate"]
 
 
 def evidence_of(learn, items: pd.DataFrame, bs: int | None = None, progress=None) -> np.ndarray:
@@ -61,7 +60,6 @@ def calibrate(
     progress=None,
 ) -> dict:
     "Write the run's calibration.json (gate threshold and what it reached on `split`) and return it."
-    from .evaluate import load_run, split_items
     config = config or Config()
     learn, cfg, run_dir = load_run(run, config.runs_dir, device)
     path = run_dir / CALIBRATION_FILE

@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .calibrate import CALIBRATION_FILE
 from .config import CLASSES, Config
 from .data import read_mask
 from .dataset import scan_tree
 from .errors import CovfastError
-from .metrics import confusion_counts, dice_from_counts, iou_from_counts, pooled_dice
+from .metrics import confusion_counts, dice_from_counts, iou_from_counts, learner_gate, pooled_dice
 from .predict import iter_logits, upsample_mask
-from .runs import load_weights, read_json, resolve_run, write_json
+from .runs import CALIBRATION_FILE, load_weights, read_json, resolve_run, write_json
 
 __all__ = ["REFERENCE", "SEVERITY_BANDS", "severity_band", "bootstrap_ci", "load_run", "split_items", "score_items",
            "summarize", "evaluate", "reference_table"]
@@ -69,10 +68,12 @@ def split_items(root: str | Path, split: str, classes: tuple[str, ...]) -> pd.Da
     return items
 
 
-def score_items(learn, items: pd.DataFrame, bs: int | None = None, progress=None) -> pd.DataFrame:
-    "Per-image metrics (DESIGN.md definitions) of `learn.model` on `items`, at each mask's own resolution."
+def score_items(learn, items: pd.DataFrame, bs: int | None = None, progress=None, gated: bool = True) -> pd.DataFrame:
+    """Per-image metrics (DESIGN.md definitions) of `learn.model` on `items`, at each mask's own resolution.
+
+    `gated=False` scores the raw argmax, without the learner's empty-mask gate."""
     rows = []
-    for i, logits, target in iter_logits(learn, items, bs=bs, with_labels=True, progress=progress):
+    for i, logits, target in iter_logits(learn, items, bs=bs, with_labels=True, progress=progress, gated=gated):
         item = items.iloc[i]
         truth = read_mask(item.infection_mask).astype(bool)
         lung = read_mask(item.lung_mask).astype(bool)
@@ -156,13 +157,14 @@ def evaluate(
     items = split_items(data or cfg["data_root"], split, tuple(cfg["classes"]))
     per_image = score_items(learn, items, bs=config.bs, progress=progress)
     summary = summarize(per_image)
+    gate = learner_gate(learn)
     out = run_dir / "eval" / items.split.iloc[0]
     out.mkdir(parents=True, exist_ok=True)
     per_image.to_csv(out / "per_image.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     write_json(out / "summary.json", {"run": run_dir.name, "split": items.split.iloc[0],
                                       "data_root": str(data or cfg["data_root"]),
-                                      "gate_topk": cfg.get("gate_topk", 0.0), "gate_margin": cfg.get("gate_margin", 0.0),
+                                      "gate_topk": gate.topk if gate else 0.0, "gate_margin": gate.margin if gate else 0.0,
                                       "groups": summary.to_dict("records"),
                                       "reference": reference_table(summary).to_dict("records")})
     return per_image, summary, out

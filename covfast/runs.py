@@ -16,11 +16,13 @@ import torch
 
 from .errors import CovfastError
 
-__all__ = ["HISTORY_COLUMNS", "new_run_dir", "resolve_run", "write_json", "read_json", "read_history",
+__all__ = ["HISTORY_COLUMNS", "CALIBRATION_FILE", "new_run_dir", "resolve_run", "write_json", "read_json", "read_history",
            "write_history", "atomic_save", "plain", "load_weights"]
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_dice", "valid_loss", "valid_dice_covid",
                    "valid_dice_noncovid", "valid_dice_mean", "lr", "seconds"]
+# written by `covfast calibrate`, read by `evaluate.load_run`: the empty-mask gate's threshold
+CALIBRATION_FILE = "calibration.json"
 
 
 def new_run_dir(runs_dir: str | Path, name: str | None, arch_slug: str) -> Path:
