@@ -206,8 +206,7 @@ def lr_find_cmd(
 
     config = load_config(data_path=data, bs=bs, img_size=size, classes=classes, seed=seed)
     values, path = find_lr(arch, data, config, out=out, pretrained=pretrained, device=device, num_it=num_it)
-    # lr_find stops mid-epoch when the loss diverges, leaving the progress bar's line open: start a new one
-    typer.echo("\nlr_find suggestions:")
+    typer.echo("lr_find suggestions:")
     for key, value in values.items():
         typer.echo(f"{key:>8}: {value:.2e}" if value == value else f"{key:>8}: n/a (curve too short; raise --num-it)")
     typer.echo(f"plot: {path}")

@@ -19,6 +19,7 @@ from fastai.callback.core import Callback
 from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
+from fastprogress.fastprogress import IN_NOTEBOOK
 
 from . import __version__
 from . import distributed
@@ -127,6 +128,10 @@ def _lr_find(learn: Learner, num_it: int = 100):
             suggestions = learn.lr_find(suggest_funcs=SUGGESTIONS, num_it=num_it, show_plot=False)
         finally:
             learn.path, learn.model_dir = path, model_dir
+    if not IN_NOTEBOOK:
+        # lr_find stops mid-epoch when the loss diverges, leaving the console progress bar's line open;
+        # end it, so what the caller prints next (`covfast lr-find`, `train --lr auto`) starts a line
+        print()
     fig = plt.figure(figsize=(6, 4))
     learn.recorder.plot_lr_find(suggest_funcs=SUGGESTIONS)
     return suggestions, plt.gcf() if plt.gcf().axes else fig
