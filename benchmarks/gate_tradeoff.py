@@ -35,17 +35,15 @@ def tradeoff(run: str, split: str, data: str | None, shares: np.ndarray) -> tupl
     evidence = evidence_of(learn, items)
     per_image = score_items(learn, items, gated=False)  # the gate is applied below, per threshold
     covid, empty_truth = (per_image["class"] == "COVID-19").to_numpy(), (per_image.tp + per_image.fn == 0).to_numpy()
-    rows = []
-    for threshold in [-np.inf, *np.quantile(evidence[~covid], shares)]:
-        kept = evidence > threshold
-        dice = np.where(kept, per_image.dice, empty_truth.astype(float))
-        rows.append({"threshold": threshold, "noncovid_empty": dice[~covid].mean(), "covid_dice": dice[covid].mean(),
-                     "mean_dice": dice.mean()})
-    margin = learner_gate(learn).margin
-    kept = evidence > margin
-    current = np.where(kept, per_image.dice, empty_truth.astype(float))
-    return pd.DataFrame(rows), {"threshold": margin, "noncovid_empty": current[~covid].mean(),
-                                "covid_dice": current[covid].mean(), "mean_dice": current.mean()}
+
+    def at(threshold: float) -> dict:
+        "Scores with the masks of images whose evidence is at or below `threshold` emptied."
+        dice = np.where(evidence > threshold, per_image.dice, empty_truth.astype(float))
+        return {"threshold": threshold, "noncovid_empty": dice[~covid].mean(), "covid_dice": dice[covid].mean(),
+                "mean_dice": dice.mean()}
+
+    rows = [at(t) for t in [-np.inf, *np.quantile(evidence[~covid], shares)]]
+    return pd.DataFrame(rows), at(learner_gate(learn).margin)
 
 
 def main() -> None:
