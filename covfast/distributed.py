@@ -12,6 +12,7 @@ of them (`SegmentationStats`), and only the main process writes the run director
 
 from __future__ import annotations
 
+import atexit
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 
 from .errors import CovfastError
 
-__all__ = ["world_size", "rank", "is_main", "start", "from_main", "unwrap", "weights_agree"]
+__all__ = ["world_size", "rank", "is_main", "start", "finish", "from_main", "unwrap", "weights_agree"]
 
 
 def world_size() -> int:
@@ -61,7 +62,19 @@ def start(device: str | None = None) -> torch.device | None:
     cpu = kind == "cpu" or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)
     DistributedDL._broadcast = _broadcast_on_backend
+    # leave the group on every way out (done, error, Ctrl-C) while the interpreter is still whole
+    atexit.register(finish)
     return torch.device(state.device)
+
+
+def finish() -> None:
+    """Leave the process group, if this process joined one.
+
+    `start` registers it to run at exit: a gloo group left for the interpreter's shutdown can abort the
+    process ("terminate called without an active exception", SIGABRT) after a run that succeeded.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def from_main(value: Any) -> Any:

@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("accelerate")
 
+from covfast import distributed
 from covfast.models import AttentionUNet
 from covfast.runs import load_weights
 from covfast.synth import write_synthetic
@@ -58,3 +59,12 @@ def test_two_processes_train_one_whole_run(tmp_path):
         assert values[key] == pytest.approx(last[key], abs=1e-6), key
     assert values["valid_loss"] == pytest.approx(last["valid_loss"], rel=1e-3)
     assert len(learn.dls.valid.items) == 15 and torch.distributed.is_available()
+
+
+def test_finish_leaves_the_process_group(tmp_path):
+    # a group left to the interpreter's shutdown aborted a finished run (SIGABRT); finish() leaves it first
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert torch.distributed.is_initialized()
+    distributed.finish()
+    assert not torch.distributed.is_initialized()
+    distributed.finish()  # the exit hook after an explicit call: nothing left to leave, no error
