@@ -19,7 +19,7 @@ stamp=$(date +%Y%m%d-%H%M%S)
 # AUGMENT=0 ARCHS=resnet34 ... --dice-weight 4 beat the two baselines on Val (COVID Dice 0.6946,
 # 35.2% of Non-COVID left empty; one seed, 3833 s).
 # LR_ATTENTION=2e-3 ARCHS=attention-unet ... --dice-weight 4, then covfast calibrate RUN --specificity 0.3:
-# COVID Dice 0.6969, 27.04% of Non-COVID left empty (63 of 233; one seed, 670 s).
+# COVID Dice 0.6969, 27.04% of Non-COVID left empty (63 of 233; 670 s); with --seed 1: 0.7091, 27.04% (644 s).
 bs=${BS:-8}
 aug=$([ "${AUGMENT:-1}" = 1 ] && echo --augment || echo --no-augment)
 for arch in ${ARCHS:-attention-unet resnet34}; do
