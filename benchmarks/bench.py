@@ -1,9 +1,11 @@
 """covfast's pipeline against the bare model: does training and prediction cost only the model's arithmetic?
 
-For each architecture, at one image size, in one process:
+For each architecture and each precision (`--precisions`, default fp32 and the fast path `auto` gives
+this machine: bf16 autocast + channels_last on a CPU with native bf16 or a bf16 GPU), at one image size,
+in one process:
 
 - bare step: forward + backward + optimizer on in-memory tensors (plain PyTorch, covfast's loss, a
-  copy of the model), images/s;
+  copy of the model), in the same precision and memory format as the loop, images/s;
 - covfast's training loop: the Learner + DataLoaders reading the PNG tree, steady state (epoch 2, after
   warm-up batches), images/s. Each batch from epoch 2 on is followed by one bare step, timed apart, and
   `train_ratio` is the median of the pairs' ratios: the machine's speed drifts by minutes, and only
@@ -15,19 +17,20 @@ For each architecture, at one image size, in one process:
   way) over the Val images `--repeats` times, each batch followed by a bare forward of a batch;
   `predict_ratio` is the median of the pairs' ratios (every pair's ratio is in the JSON);
 - forward GFLOPs per image (torch.utils.flop_counter), achieved GFLOP/s (training counts 3x the
-  forward) and its share of the device's measured matrix-product peak (a large bf16 product on CUDA,
-  fp32 on CPU), peak resident memory.
+  forward) and its share of the device's measured matrix-product peak in that precision, peak
+  resident memory (of the whole process, so far).
 
-On CUDA the loaders are the ones `covfast train` uses there (worker processes, pinned memory) and the
-model runs in bf16 mixed precision with channels_last.
+Then the fast path's rates over fp32's, per architecture. On CUDA the loaders are the ones
+`covfast train` uses there (worker processes, pinned memory).
 
-Prints a markdown table; `--json PATH` writes the figures. Default settings take under 5 minutes
+Prints markdown tables; `--json PATH` writes the figures. Default settings take about 10 minutes
 on 2 CPU cores:  python benchmarks/bench.py --size 128 --json bench.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -47,11 +50,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from covfast.config import Config
 from covfast.data import clear_cache, inference_dataloaders
 from covfast.dataset import scan_tree
-from covfast.learner import pick_device, use_gpu_speedups
+from covfast.learner import learner_for_config, pick_device
+from covfast.precision import Precision, cpu_runs_bf16, memory_format, resolve_precision, use_precision
 from covfast.losses import SegLoss
-from covfast.predict import iter_logits, upsample_mask
+from covfast.inference import iter_logits, upsample_mask
 from covfast.synth import write_synthetic
-from covfast.train import learner_for_config
 
 
 def median(values: list[float]) -> float:
@@ -100,11 +103,11 @@ class PairedClock(Callback):
                 raise CancelFitException
 
 
-def autocast(device: torch.device):
-    "What covfast's learner uses on this device: bf16 autocast on CUDA, plain fp32 on CPU."
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return torch.autocast("cpu", enabled=False)
+def autocast(device: torch.device, precision: Precision):
+    "What covfast's learner runs the model in: autocast in `precision`'s dtype, or plain fp32."
+    if precision.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=precision.dtype)
 
 
 def sync(device: torch.device) -> None:
@@ -112,9 +115,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak_gflops(device: torch.device, reps: int = 10) -> float:
-    "GFLOP/s of a large matrix product: bf16 8192^3 on CUDA, fp32 2048^3 on CPU (the ceiling to compare against)."
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, reps: int = 10) -> float:
+    "GFLOP/s of a large matrix product in `dtype`, 8192^3 on CUDA and 2048^3 on CPU (the ceiling to compare against)."
+    n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
@@ -134,18 +137,17 @@ def forward_gflops(model: torch.nn.Module, size: int, device: torch.device) -> f
     return counter.get_total_flops() / 1e9
 
 
-def random_batch(bs: int, size: int, device: torch.device) -> torch.Tensor:
-    "In-memory input images, channels_last on CUDA as covfast's learner uses there."
-    cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=cl)
+def random_batch(bs: int, size: int, device: torch.device, fmt: torch.memory_format) -> torch.Tensor:
+    "In-memory input images in the memory format covfast's learner feeds its model."
+    return torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=fmt)
 
 
 class BareStep:
     "One forward + backward + Adam step on an in-memory batch, on its own copy of the model; calling it returns its seconds."
 
-    def __init__(self, model, bs, size, device, warmup=2):
-        self.model, self.device = copy.deepcopy(model).train(), device
-        self.x = random_batch(bs, size, device)
+    def __init__(self, model, bs, size, device, precision, fmt, warmup=2):
+        self.model, self.device, self.precision = copy.deepcopy(model).train(), device, precision
+        self.x = random_batch(bs, size, device, fmt)
         self.y = (torch.rand(bs, size, size, device=device) > 0.8).long()
         self.loss_func, self.opt = SegLoss(), torch.optim.Adam(self.model.parameters(), 1e-4)
         for _ in range(warmup):
@@ -154,8 +156,8 @@ class BareStep:
     def __call__(self) -> float:
         t = time.perf_counter()
         self.opt.zero_grad()
-        with autocast(self.device):
-            loss = self.loss_func(self.model(self.x), self.y)
+        with autocast(self.device, self.precision):
+            loss = self.loss_func(self.model(self.x).float(), self.y)  # the loss in fp32, as in the learner
         loss.backward()
         self.opt.step()
         sync(self.device)
@@ -165,35 +167,36 @@ class BareStep:
 class BareForward:
     "One no-grad forward pass of an in-memory batch through `model`; calling it returns its seconds."
 
-    def __init__(self, model, bs, size, device, warmup=1):
-        self.model, self.device = model, device
-        self.x = random_batch(bs, size, device)
+    def __init__(self, model, bs, size, device, precision, fmt, warmup=1):
+        self.model, self.device, self.precision = model, device, precision
+        self.x = random_batch(bs, size, device, fmt)
         for _ in range(warmup):
             self()
 
     @torch.no_grad()
     def __call__(self) -> float:
         t = time.perf_counter()
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             self.model(self.x)
         sync(self.device)
         return time.perf_counter() - t
 
 
 def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, warmup_batches: int,
-               peak_gflop_s: float, repeats: int = 3, pair_seconds: float = 30.0) -> dict:
+               peak_gflop_s: float, repeats: int = 3, pair_seconds: float = 60.0, precision: str = "auto") -> dict:
     # the learner `covfast train` builds: its loaders (workers and pinned memory on CUDA), seed and cuDNN settings
     config = Config(img_size=size, bs=bs, seed=0)
     cfg = {"arch": arch, **config.to_dict(), "data_root": str(Path(data).resolve()), "pretrained": False,
            "device": device.type}
     learn, _ = learner_for_config(cfg, warn=False)
-    precision = use_gpu_speedups(learn)
+    used = use_precision(learn, resolve_precision(precision, device))
+    fmt = memory_format(learn)
     model = learn.model.to(device)
     gflops = forward_gflops(model, size, device)
 
     # epoch 1 decodes the PNGs; from epoch 2 on (PNGs from the cache) each batch is paired with a bare
     # step, for `pair_seconds` (a cheap model gets more epochs, hence more pairs)
-    clock = PairedClock(BareStep(model, bs, size, device), pair_from=1, budget=pair_seconds)
+    clock = PairedClock(BareStep(model, bs, size, device, used, fmt), pair_from=1, budget=pair_seconds)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(10, 1e-4, cbs=clock)
     epoch1 = bs / median(clock.loop[0][1:])
@@ -210,11 +213,12 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
 
     # prediction exactly as `covfast predict` runs it: the inference learner's validation transforms,
     # PNGs decoded on the way (the cache is cleared before each pass), each batch paired with a bare forward
+    # the run's learner as `load_run` builds it (its precision callbacks stay): inference transforms only
     learn.dls = inference_dataloaders(size, bs, device=device)
     items = scan_tree(data)
     items = items[(items.split == "Val") & items.label.isin(config.classes)].reset_index(drop=True)
     learn.model.eval()
-    forward = BareForward(learn.model, bs, size, device)
+    forward = BareForward(learn.model, bs, size, device, used, fmt)
     predict_s, forward_s = [], []
     start, passes = time.perf_counter(), 0
     with torch.no_grad():
@@ -235,7 +239,7 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
     predict_ratios = sorted(f / p for f, p in zip(forward_s, predict_s))
 
     return {
-        "arch": arch, "size": size, "bs": bs, "device": str(device), "precision": precision,
+        "arch": arch, "size": size, "bs": bs, "device": str(device), "precision": used.mode,
         "gflops_forward": round(gflops, 3),
         "bare_step_img_s": round(bare, 3), "train_epoch1_img_s": round(epoch1, 3), "train_img_s": round(loop, 3),
         "train_ratio": round(median(train_ratios), 3), "train_ratios": [round(r, 3) for r in train_ratios],
@@ -250,7 +254,7 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
     }
 
 
-COLUMNS = [("arch", "arch"), ("gflops_forward", "fwd GFLOPs/img"), ("bare_step_img_s", "bare step img/s"),
+COLUMNS = [("arch", "arch"), ("precision", "precision"), ("gflops_forward", "fwd GFLOPs/img"), ("bare_step_img_s", "bare step img/s"),
            ("train_epoch1_img_s", "loop epoch 1 img/s"), ("train_img_s", "loop img/s"), ("train_ratio", "train ratio"),
            ("data_img_s", "data img/s"), ("data_ratio", "data ratio"), ("bare_forward_img_s", "bare fwd img/s"),
            ("predict_img_s", "predict img/s"), ("predict_ratio", "predict ratio"), ("train_gflop_s", "train GFLOP/s"),
@@ -273,10 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-class", type=int, default=24,
                    help="synthetic images per class and split (default 24: 48 training images, 6 batches of 8)")
     p.add_argument("--repeats", type=int, default=3, help="passes of prediction over the Val images, at least (default 3)")
-    p.add_argument("--pair-seconds", type=float, default=30.0,
-                   help="seconds of paired timing to collect for training and for prediction, when cheap enough (default 30)")
+    p.add_argument("--pair-seconds", type=float, default=60.0,
+                   help="seconds of paired timing to collect for training and for prediction, when cheap enough "
+                        "(default 60: at 30 the ResNet34's bf16 loop gave 10 pairs whose ratios spread from 0.61 to 1.11)")
     p.add_argument("--warmup-batches", type=int, default=1, help="epoch-2 batches left out of the loop's rate (default 1)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--precisions", default="fp32,auto",
+                   help="comma-separated precisions to measure, each as `covfast train --precision` takes it "
+                        "(default fp32,auto: plain fp32 beside the fast path this machine gets)")
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
     if args.data is None and 2 * args.per_class < 3 * args.bs:
@@ -285,27 +293,48 @@ def main(argv: list[str] | None = None) -> int:
 
     device = pick_device(args.device)
     torch.manual_seed(0)
-    peak = matmul_peak_gflops(device)
+    # fp32 and the precision `auto` picks here (the fast path), each measured against its own bare step
+    modes = list(dict.fromkeys(resolve_precision(p.strip(), device).mode for p in args.precisions.split(",")))
+    peaks = {m: matmul_peak_gflops(device, Precision(m, "").dtype or torch.float32) for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or write_synthetic(Path(tmp) / "synth", per_class=args.per_class, size=256, seed=0)
         results = []
         for arch in args.archs.split(","):
-            t = time.perf_counter()
-            results.append(bench_arch(arch.strip(), data, args.size, args.bs, device, args.warmup_batches, peak,
-                                      args.repeats, args.pair_seconds))
-            results[-1]["bench_seconds"] = round(time.perf_counter() - t, 1)
-            print(f"{arch}: done in {results[-1]['bench_seconds']} s", file=sys.stderr)
+            for mode in modes:
+                t = time.perf_counter()
+                results.append(bench_arch(arch.strip(), data, args.size, args.bs, device, args.warmup_batches, peaks[mode],
+                                          args.repeats, args.pair_seconds, precision=mode))
+                results[-1]["bench_seconds"] = round(time.perf_counter() - t, 1)
+                print(f"{arch} ({mode}): done in {results[-1]['bench_seconds']} s", file=sys.stderr)
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-               "torch": torch.__version__, "matmul_peak_gflop_s": round(peak, 1),
+               "torch": torch.__version__, "matmul_peak_gflop_s": {m: round(v, 1) for m, v in peaks.items()},
+               "cpu_runs_bf16": cpu_runs_bf16(),
                "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None}
     print(f"\ncovfast bench: {args.size} px, bs {args.bs}, {device} ({machine['torch_threads']} threads), "
-          f"data {'synthetic' if args.data is None else args.data}; matrix-product peak {peak:.0f} GFLOP/s\n")
+          f"data {'synthetic' if args.data is None else args.data}; matrix-product peak "
+          + ", ".join(f"{m} {v:.0f} GFLOP/s" for m, v in peaks.items()) + "\n")
     print(markdown(results))
+    speedups = fast_path_speedups(results)
+    if speedups:
+        print("\nFast path against fp32, same run (img/s ratios):\n")
+        print("| arch | precision | training loop | bare step | prediction |\n|---|---|---|---|---|")
+        for s in speedups:
+            print(f"| {s['arch']} | {s['precision']} | {s['train_speedup']}x | {s['bare_step_speedup']}x | {s['predict_speedup']}x |")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "settings": {k: str(v) for k, v in vars(args).items()},
-                                         "results": {r["arch"]: r for r in results}}, indent=2))
+                                         "results": [r for r in results], "speedups": speedups}, indent=2))
         print(f"\nWrote {args.json}")
     return 0
+
+
+def fast_path_speedups(results: list[dict]) -> list[dict]:
+    "Per arch, each non-fp32 precision's training-loop, bare-step and prediction rates over fp32's."
+    fp32 = {r["arch"]: r for r in results if r["precision"] == "fp32"}
+    return [{"arch": r["arch"], "precision": r["precision"],
+             "train_speedup": round(r["train_img_s"] / fp32[r["arch"]]["train_img_s"], 2),
+             "bare_step_speedup": round(r["bare_step_img_s"] / fp32[r["arch"]]["bare_step_img_s"], 2),
+             "predict_speedup": round(r["predict_img_s"] / fp32[r["arch"]]["predict_img_s"], 2)}
+            for r in results if r["precision"] != "fp32" and r["arch"] in fp32]
 
 
 if __name__ == "__main__":

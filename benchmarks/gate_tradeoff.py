@@ -22,7 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from covfast.calibrate import evidence_of  # noqa: E402
-from covfast.evaluate import load_run, score_items, split_items  # noqa: E402
+from covfast.evaluate import score_items, split_items  # noqa: E402
+from covfast.inference import load_run  # noqa: E402
 from covfast.metrics import learner_gate  # noqa: E402
 
 # the two plain baselines at 128 px / 6 epochs: (share of Non-COVID left empty, COVID-19 Dice)

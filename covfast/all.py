@@ -10,7 +10,9 @@ from .losses import *  # noqa: F401,F403
 from .metrics import *  # noqa: F401,F403
 from .learner import *  # noqa: F401,F403
 from .runs import *  # noqa: F401,F403
+from .callbacks import *  # noqa: F401,F403
 from .train import *  # noqa: F401,F403
+from .inference import *  # noqa: F401,F403
 from .predict import *  # noqa: F401,F403
 from .evaluate import *  # noqa: F401,F403
 from .calibrate import *  # noqa: F401,F403

@@ -20,9 +20,9 @@ import pandas as pd
 from .config import Config
 from .data import read_mask
 from .errors import CovfastError
-from .evaluate import load_run, split_items
+from .evaluate import split_items
+from .inference import iter_logits, load_run
 from .metrics import evidence_scores, learner_gate
-from .predict import iter_logits
 from .runs import CALIBRATION_FILE, write_json
 
 __all__ = ["evidence_of", "margin_for_specificity", "calibrate"]
@@ -61,7 +61,7 @@ def calibrate(
 ) -> dict:
     "Write the run's calibration.json (gate threshold and what it reached on `split`) and return it."
     config = config or Config()
-    learn, cfg, run_dir = load_run(run, config.runs_dir, device)
+    learn, cfg, run_dir = load_run(run, config.runs_dir, device, precision=config.precision)
     path = run_dir / CALIBRATION_FILE
     if path.exists() and not force:
         raise CovfastError(f"{path} exists (gate margin {cfg.get('gate_margin')}); pass --force to replace it")

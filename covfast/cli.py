@@ -130,6 +130,10 @@ PretrainedOpt = Annotated[bool, typer.Option(
                                          "offline, covfast warns and trains from scratch.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", help="cpu or cuda. Default: cuda when PyTorch sees a GPU, else cpu.", show_default=False)]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", help="auto, fp32 or bf16. auto: bf16 autocast + channels_last where the CPU runs bf16 natively "
+                        "(AVX512-BF16/AMX) or the GPU supports it (fp16 on older GPUs), else fp32. Default: precision.",
+    show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", min=0, help="DataLoader worker processes. Default: num_workers (0 on CPU; up to 8 on CUDA).", show_default=False)]
 
@@ -160,7 +164,8 @@ def train_cmd(
     name: Annotated[Optional[str], typer.Option("--name", help="Run directory name under runs_dir. Default: <arch>-<YYYYmmdd-HHMMSS>.", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue this interrupted run (path or name) from its last completed epoch.", show_default=False)] = None,
     seed: SeedOpt = None,
-    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Mixed precision on CUDA (bf16 where supported, else fp16).")] = True,
+    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="--no-fp16 is --precision fp32 (kept for older scripts).")] = True,
+    precision: PrecisionOpt = None,
     device: DeviceOpt = None,
     workers: WorkersOpt = None,
     gate_topk: Annotated[float, typer.Option("--gate-topk", min=0.0, max=1.0, help="Outside training, call an image infected only if its top share of pixels (this share) is on average infection; 0 turns the gate off.")] = 0.02,
@@ -171,21 +176,34 @@ def train_cmd(
 ) -> None:
     """Train a model with fastai's one-cycle schedule into a run directory (Ctrl-C keeps the last epoch's checkpoint)."""
     from .models import DEFAULT_FEATURES, check_arch
-    from .runs import read_json, resolve_run
-    from .train import train
+    from .runs import read_history, read_json, resolve_run
+    from .train import TrainingInterrupted, train
 
     config = load_config(data_path=data, epochs=epochs, lr=lr, bs=bs, img_size=size, classes=classes, seed=seed,
-                         num_workers=workers)
+                         num_workers=workers, precision=precision if fp16 else "fp32")
     if resume is not None:
         run_arch = read_json(resolve_run(resume, config.runs_dir) / "config.json").get("arch")
         if run_arch != check_arch(arch):
             raise CovfastError(f"run {resume} trained {run_arch}, not {arch}; use covfast train {run_arch} --resume {resume}")
+    # lr_find can stop mid-epoch with its progress bar's line still open: its line starts a new one
+    say = lambda line: typer.echo(("\n" if line.startswith("lr_find") else "") + line)  # noqa: E731
     try:
-        train(arch, data, config, name=name, pretrained=pretrained, device=device, fp16=fp16, resume=resume,
-              empty_weight=empty_weight, dice_weight=dice_weight, gate_topk=gate_topk, augment=augment,
-              features=_parse_features(features, arch) if features else DEFAULT_FEATURES)
+        run_dir = train(arch, data, config, name=name, pretrained=pretrained, device=device, resume=resume,
+                        empty_weight=empty_weight, dice_weight=dice_weight, gate_topk=gate_topk, augment=augment,
+                        features=_parse_features(features, arch) if features else DEFAULT_FEATURES, say=say)
+    except TrainingInterrupted as e:
+        typer.echo(f"\nInterrupted after epoch {e.completed} of {e.epochs}; "
+                   f"{'checkpoint kept' if e.completed else 'no epoch completed'}. "
+                   f"Continue with: covfast train {e.arch} --resume {e.run_dir}", err=True)
+        raise typer.Exit(130)
     except KeyboardInterrupt:
         raise typer.Exit(130)
+    from . import distributed
+    if distributed.is_main():
+        history = read_history(run_dir)
+        best = history.loc[history.valid_dice_mean.idxmax()]
+        typer.echo(f"Done: {run_dir} (best valid mean Dice {best.valid_dice_mean:.4f} at epoch {int(best.epoch)}; "
+                   f"model.pth holds those weights)")
 
 
 @app.command("lr-find")
@@ -200,13 +218,14 @@ def lr_find_cmd(
     device: DeviceOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for lr_find.png and lr_find.csv. Default: runs_dir/lr-find-<arch>-<time>.", show_default=False)] = None,
     num_it: Annotated[int, typer.Option("--num-it", min=20, help="Mini-batches to try, from 1e-7 up.")] = 100,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Run fastai's lr_find: print the valley, slide, minimum and steep suggestions and save the plot."""
     from .train import find_lr
 
-    config = load_config(data_path=data, bs=bs, img_size=size, classes=classes, seed=seed)
+    config = load_config(data_path=data, bs=bs, img_size=size, classes=classes, seed=seed, precision=precision)
     values, path = find_lr(arch, data, config, out=out, pretrained=pretrained, device=device, num_it=num_it)
-    typer.echo("lr_find suggestions:")
+    typer.echo("\nlr_find suggestions:")  # on a new line: lr_find can stop with its progress bar's line open
     for key, value in values.items():
         typer.echo(f"{key:>8}: {value:.2e}" if value == value else f"{key:>8}: n/a (curve too short; raise --num-it)")
     typer.echo(f"plot: {path}")
@@ -223,11 +242,12 @@ def evaluate_cmd(
     data: DataOpt = None,
     bs: BsOpt = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Score a run's best weights on a split at the masks' resolution; write eval/<split>/ tables."""
     from .evaluate import evaluate, reference_table
 
-    config = load_config(bs=bs)
+    config = load_config(bs=bs, precision=precision)
     per_image, summary, out = evaluate(run, split, data, config, device=device, progress=_progress("Scoring"))
     with_ci = summary.assign(
         dice=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.dice, summary.dice_ci_low, summary.dice_ci_high)],
@@ -249,11 +269,12 @@ def calibrate_cmd(
     bs: BsOpt = None,
     device: DeviceOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the run's existing calibration.json.")] = False,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Set a run's empty-mask gate threshold on its training images (calibration.json); evaluate, report and predict then use it."""
     from .calibrate import calibrate
 
-    result = calibrate(run, specificity, split, data, load_config(bs=bs), device=device, force=force,
+    result = calibrate(run, specificity, split, data, load_config(bs=bs, precision=precision), device=device, force=force,
                        progress=_progress("Scoring"))
     typer.echo(f"gate margin {result['gate_margin']:.4f} (top {result['gate_topk']:g} of pixels) on {result['split']}: "
                f"{result['specificity_reached']:.4f} of {result['n_empty']} empty-truth images left empty, "
@@ -265,11 +286,12 @@ def report_cmd(
     run: RunArg,
     split: SplitOpt = "Test",
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Write an interpretation report (report/index.html with PNG figures) for a run; evaluates first if needed."""
     from .report import report
 
-    path = report(run, split, load_config(), device=device, progress=_progress("Scoring"))
+    path = report(run, split, load_config(precision=precision), device=device, progress=_progress("Scoring"))
     typer.echo(f"Report: {path}")
 
 
@@ -279,11 +301,12 @@ def compare_cmd(
     split: SplitOpt = "Test",
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. Default: runs_dir/compare-<time>.", show_default=False)] = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Which model, where: metrics side by side, paired per-image Dice differences, the same images through each model."""
     from .compare import compare
 
-    path = compare(runs, split, out, load_config(), device=device, progress=_progress("Scoring"))
+    path = compare(runs, split, out, load_config(precision=precision), device=device, progress=_progress("Scoring"))
     typer.echo(f"Comparison: {path}")
 
 
@@ -295,11 +318,12 @@ def predict_cmd(
     lung_masks: Annotated[Optional[Path], typer.Option("--lung-masks", help="Folder of 0/255 lung masks named like the images: adds infection % of lung.", show_default=False)] = None,
     bs: BsOpt = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Outline infection in new X-rays: a 0/255 mask and a red overlay per image, and predictions.csv."""
     from .predict import predict
 
-    config = load_config(bs=bs)
+    config = load_config(bs=bs, precision=precision)
     report = lambda line: typer.echo(f"covfast: error: {line}", err=True)  # noqa: E731
     table, failures, folder = predict(run, paths, out, lung_masks, config, device=device,
                                       progress=_progress("Predicting"), on_error=report)

@@ -12,20 +12,13 @@ import pandas as pd
 
 from .config import Config
 from .errors import CovfastError
-from .evaluate import bootstrap_ci, evaluate, load_run
+from .evaluate import bootstrap_ci, evaluated
+from .inference import load_run
 from .predict import overlay
 from .report import html_page, html_table, infer_cases
 from .runs import resolve_run
 
 __all__ = ["paired_differences", "compare"]
-
-
-def _evaluated(run_dir: Path, split: str, config: Config, device, progress) -> tuple[pd.DataFrame, pd.DataFrame]:
-    folder = run_dir / "eval" / split
-    if (folder / "per_image.csv").is_file():
-        return pd.read_csv(folder / "per_image.csv"), pd.read_csv(folder / "summary.csv")
-    per_image, summary, _ = evaluate(run_dir, split, config=config, device=device, progress=progress)
-    return per_image, summary
 
 
 def paired_differences(base: pd.DataFrame, other: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
@@ -60,7 +53,7 @@ def compare(
     names = [d.name for d in dirs]
     if len(set(names)) < len(names):
         raise CovfastError(f"the same run is named twice: {', '.join(names)}")
-    results = [_evaluated(d, split, config, device, progress) for d in dirs]
+    results = [evaluated(d, split, config=config, device=device, progress=progress)[:2] for d in dirs]
     out = Path(out) if out else Path(config.runs_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     if (out / "index.html").exists():
         raise CovfastError(f"{out} already holds a comparison; choose another --out")
@@ -85,7 +78,7 @@ def compare(
     rows = picks.assign(dice=picks["mean"])
     preds = []
     for d in dirs:
-        learn, cfg, _ = load_run(d, config.runs_dir, device)
+        learn, cfg, _ = load_run(d, config.runs_dir, device, precision=config.precision)
         preds.append(infer_cases(learn, rows))
     fig, axes = plt.subplots(len(rows), 2 + len(dirs), figsize=(3 * (2 + len(dirs)), 3 * len(rows)), squeeze=False)
     for r, ax_row in enumerate(axes):

@@ -35,6 +35,8 @@ class Config:
     seed: int = 42
     # 0 keeps decoding in the main process, where the in-memory PNG cache survives across epochs
     num_workers: int = 0
+    # auto (bf16 where the CPU or GPU runs it fast, else fp32 or fp16 on a GPU), fp32 or bf16
+    precision: str = "auto"
 
     def replace(self, **kwargs: Any) -> "Config":
         "A copy with `kwargs` set; `None` values are ignored (an option the user did not give)."
@@ -86,6 +88,8 @@ def _convert(name: str, raw: str, source: str) -> Any:
             return parse_classes(raw)
         if name == "lr":
             parse_lr(raw)
+        if name == "precision" and raw.strip() not in ("auto", "fp32", "bf16"):
+            raise CovfastError(f"precision={raw!r} is not one of auto, fp32, bf16")
         return raw.strip()
     except ValueError as e:
         if isinstance(e, CovfastError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -12,47 +13,19 @@ from .config import CLASSES, Config
 from .data import read_mask
 from .dataset import scan_tree
 from .errors import CovfastError
-from .metrics import confusion_counts, dice_from_counts, iou_from_counts, learner_gate, pooled_dice
-from .predict import iter_logits, upsample_mask
-from .runs import CALIBRATION_FILE, load_weights, read_json, resolve_run, write_json
+from .inference import iter_logits, load_run, upsample_mask
+from .precision import learner_precision
+from .metrics import (confusion_counts, dice_from_counts, infection_pct, iou_from_counts, learner_gate, pooled_dice,
+                      pooled_iou, severity_band)
+from .runs import read_json, write_json
 
-__all__ = ["REFERENCE", "SEVERITY_BANDS", "severity_band", "bootstrap_ci", "load_run", "split_items", "score_items",
-           "summarize", "evaluate", "reference_table"]
+__all__ = ["REFERENCE", "bootstrap_ci", "split_items", "score_items", "summarize", "provenance", "evaluate",
+           "evaluated", "reference_table"]
 
 # The reference study (30 epochs): (model, image set, Dice, IoU).
 REFERENCE = [("Attention U-Net", "COVID + Non-COVID (mean)", 0.6926, 0.6095),
              ("ResNet34 U-Net", "COVID-19", 0.7701, 0.6650),
              ("ResNet34 U-Net", "Non-COVID", 0.2911, 0.2911)]
-# Severity bands of infection % of lung: 0, <25, 25-50, 50-75, >=75.
-SEVERITY_BANDS = ("0", "<25", "25-50", "50-75", ">=75")
-
-
-def severity_band(pct: np.ndarray | float) -> np.ndarray:
-    "Band index 0..4 of infection % of lung."
-    pct = np.asarray(pct, dtype=float)
-    return np.where(pct <= 0, 0, np.digitize(pct, [25, 50, 75]) + 1)
-
-
-def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None = None, with_data: bool = False):
-    """A run's learner with its best weights (model.pth, weights_only), its config and its directory.
-
-    Needs only the run directory: the learner carries the validation transforms, not the training
-    data. Its empty-mask gate uses the threshold of calibration.json when `covfast calibrate` wrote
-    one. `with_data=True` attaches the run's Train/Val DataLoaders instead (for `learn.show_results()`).
-    """
-    from .train import learner_for_config
-    run_dir = resolve_run(run, runs_dir)
-    cfg = read_json(run_dir / "config.json")
-    if (run_dir / CALIBRATION_FILE).is_file():
-        cfg["calibration"] = read_json(run_dir / CALIBRATION_FILE)
-        cfg["gate_margin"] = cfg["calibration"]["gate_margin"]
-    if device is not None:
-        cfg["device"] = device
-    learn, _ = learner_for_config(cfg, pretrained=False, warn=False, inference=not with_data)
-    learn.model.load_state_dict(load_weights(run_dir / "model.pth", map_location=learn.dls.device))
-    learn.model.to(learn.dls.device).eval()  # fastai moves the model only when fitting; prediction feeds it directly
-    learn.path = run_dir
-    return learn, cfg, run_dir
 
 
 def split_items(root: str | Path, split: str, classes: tuple[str, ...]) -> pd.DataFrame:
@@ -69,7 +42,7 @@ def split_items(root: str | Path, split: str, classes: tuple[str, ...]) -> pd.Da
 
 
 def score_items(learn, items: pd.DataFrame, bs: int | None = None, progress=None, gated: bool = True) -> pd.DataFrame:
-    """Per-image metrics (DESIGN.md definitions) of `learn.model` on `items`, at each mask's own resolution.
+    """Per-image metrics (`metrics` definitions) of `learn.model` on `items`, at each mask's own resolution.
 
     `gated=False` scores the raw argmax, without the learner's empty-mask gate."""
     rows = []
@@ -79,12 +52,10 @@ def score_items(learn, items: pd.DataFrame, bs: int | None = None, progress=None
         lung = read_mask(item.lung_mask).astype(bool)
         pred = upsample_mask(logits, truth.shape)
         tp, fp, fn = confusion_counts(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])[0].tolist()
-        lung_px = max(int(lung.sum()), 1)
         rows.append({"file": item["name"], "class": item.label, "dice": float(dice_from_counts(tp, fp, fn)),
                      "iou": float(iou_from_counts(tp, fp, fn)), "tp": tp, "fp": fp, "fn": fn,
                      "pred_empty": tp + fp == 0,
-                     "true_pct_lung": 100.0 * int((truth & lung).sum()) / lung_px,
-                     "pred_pct_lung": 100.0 * int((pred & lung).sum()) / lung_px,
+                     "true_pct_lung": infection_pct(truth, lung), "pred_pct_lung": infection_pct(pred, lung),
                      "loss": float(learn.loss_func(logits[None], target[None])), "image": item.image})
     return pd.DataFrame(rows)
 
@@ -109,16 +80,18 @@ def summarize(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
         d_lo, d_hi = bootstrap_ci(g.dice.to_numpy(), n_boot, seed)
         i_lo, i_hi = bootstrap_ci(g.iou.to_numpy(), n_boot, seed)
         tp, fp, fn = g.tp.sum(), g.fp.sum(), g.fn.sum()
+        graded = g.dropna(subset=["true_pct_lung", "pred_pct_lung"])  # an empty lung mask has no severity
         rows.append({
             "group": name, "n": len(g),
             "dice": g.dice.mean(), "dice_ci_low": d_lo, "dice_ci_high": d_hi,
             "iou": g.iou.mean(), "iou_ci_low": i_lo, "iou_ci_high": i_hi,
-            "dice_pooled": pooled_dice(tp, fp, fn), "iou_pooled": 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn),
+            "dice_pooled": pooled_dice(tp, fp, fn), "iou_pooled": pooled_iou(tp, fp, fn),
             # image level: infected images predicted non-empty; empty-truth images predicted empty
             "sensitivity": (~g.pred_empty[has_truth]).mean() if has_truth.any() else float("nan"),
             "specificity": g.pred_empty[~has_truth].mean() if (~has_truth).any() else float("nan"),
-            "severity_mae": (g.pred_pct_lung - g.true_pct_lung).abs().mean(),
-            "severity_band_agreement": (severity_band(g.pred_pct_lung) == severity_band(g.true_pct_lung)).mean(),
+            "severity_mae": (graded.pred_pct_lung - graded.true_pct_lung).abs().mean(),
+            "severity_band_agreement": ((severity_band(graded.pred_pct_lung) == severity_band(graded.true_pct_lung)).mean()
+                                        if len(graded) else float("nan")),
         })
     return pd.DataFrame(rows)
 
@@ -143,6 +116,40 @@ def reference_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance(learn, run_dir: Path, data_root: str | Path) -> dict:
+    """What an evaluation's numbers depend on: the weights (model.pth's SHA-256), the empty-mask gate's
+    settings, the data root and the precision the model ran in. `evaluated` reuses stored results only when all of them still match."""
+    gate = learner_gate(learn)
+    return {"weights_sha256": _sha256(run_dir / "model.pth"),
+            "gate_topk": gate.topk if gate else 0.0, "gate_margin": gate.margin if gate else 0.0,
+            "data_root": str(Path(data_root).resolve()), "precision": learner_precision(learn).mode}
+
+
+def _evaluate(learn, cfg: dict, run_dir: Path, split: str, data: str | Path | None, bs: int | None,
+              progress) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    root = data or cfg["data_root"]
+    items = split_items(root, split, tuple(cfg["classes"]))
+    per_image = score_items(learn, items, bs=bs, progress=progress)
+    summary = summarize(per_image)
+    out = run_dir / "eval" / items.split.iloc[0]
+    out.mkdir(parents=True, exist_ok=True)
+    per_image.to_csv(out / "per_image.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    write_json(out / "summary.json", {"run": run_dir.name, "split": items.split.iloc[0],
+                                      **provenance(learn, run_dir, root),
+                                      "groups": summary.to_dict("records"),
+                                      "reference": reference_table(summary).to_dict("records")})
+    return per_image, summary, out
+
+
 def evaluate(
     run: str | Path,  # run directory or its name under runs_dir
     split: str = "Test",
@@ -153,18 +160,26 @@ def evaluate(
 ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     "Write eval/<split>/per_image.csv and summary.{csv,json}; return (per_image, summary, folder)."
     config = config or Config()
-    learn, cfg, run_dir = load_run(run, config.runs_dir, device)
-    items = split_items(data or cfg["data_root"], split, tuple(cfg["classes"]))
-    per_image = score_items(learn, items, bs=config.bs, progress=progress)
-    summary = summarize(per_image)
-    gate = learner_gate(learn)
-    out = run_dir / "eval" / items.split.iloc[0]
-    out.mkdir(parents=True, exist_ok=True)
-    per_image.to_csv(out / "per_image.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
-    write_json(out / "summary.json", {"run": run_dir.name, "split": items.split.iloc[0],
-                                      "data_root": str(data or cfg["data_root"]),
-                                      "gate_topk": gate.topk if gate else 0.0, "gate_margin": gate.margin if gate else 0.0,
-                                      "groups": summary.to_dict("records"),
-                                      "reference": reference_table(summary).to_dict("records")})
-    return per_image, summary, out
+    learn, cfg, run_dir = load_run(run, config.runs_dir, device, precision=config.precision)
+    return _evaluate(learn, cfg, run_dir, split, data, config.bs, progress)
+
+
+def evaluated(
+    run: str | Path,
+    split: str = "Test",
+    data: str | Path | None = None,
+    config: Config | None = None,
+    device: str | None = None,
+    progress=None,
+) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """`evaluate`'s results, read back from eval/<split>/ when they came from the same weights, gate
+    threshold and data root as now; scored afresh otherwise (after `covfast calibrate`, say)."""
+    config = config or Config()
+    learn, cfg, run_dir = load_run(run, config.runs_dir, device, precision=config.precision)
+    folder = run_dir / "eval" / split.capitalize()
+    if (folder / "summary.json").is_file() and (folder / "per_image.csv").is_file():
+        stored = read_json(folder / "summary.json")
+        now = provenance(learn, run_dir, data or cfg["data_root"])
+        if all(stored.get(k) == v for k, v in now.items()):
+            return pd.read_csv(folder / "per_image.csv"), pd.read_csv(folder / "summary.csv"), folder
+    return _evaluate(learn, cfg, run_dir, split, data, config.bs, progress)

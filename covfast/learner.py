@@ -6,20 +6,27 @@ import contextlib
 import io
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torchvision
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.optimizer import Adam
-from fastai.vision.learner import unet_learner
+from fastai.torch_core import set_seed
+from fastai.vision.learner import create_unet_model, model_meta
 from fastai.vision.models.unet import DynamicUnet
 from torch import nn
 
+from .config import Config
+from .data import covid_dataloaders, loader_settings
+from .errors import CovfastError
 from .losses import SegLoss
 from .metrics import EmptyGate, SegmentationStats, segmentation_metrics
 from .models import DEFAULT_FEATURES, AttentionUNet, check_arch, timm_encoder
 
-__all__ = ["Pretrained", "probe_pretrained", "covfast_learner", "build_model", "pick_device", "use_gpu_speedups"]
+__all__ = ["Pretrained", "probe_pretrained", "build_model", "covfast_learner", "config_learner", "run_config", "learner_for_config",
+           "pick_device"]
 
 
 @dataclass
@@ -44,7 +51,6 @@ def probe_pretrained(arch: str) -> Pretrained:
             if arch.startswith("timm/"):
                 timm_encoder(arch[5:], pretrained=True)
             else:
-                import torchvision
                 weights = torchvision.models.get_model_weights(arch).DEFAULT
                 weights.get_state_dict(progress=False, check_hash=True)
         return Pretrained(True)
@@ -55,19 +61,22 @@ def probe_pretrained(arch: str) -> Pretrained:
 
 def build_model(arch: str, n_out: int = 2, img_size: tuple[int, int] = (256, 256), pretrained: bool = False,
                 features: tuple[int, ...] = DEFAULT_FEATURES) -> nn.Module:
-    "The bare segmentation model for `arch` (no weights download unless `pretrained`)."
+    """The segmentation model for `arch`: the one factory behind the learner, the benchmark and the tests.
+
+    attention-unet -> `AttentionUNet`; resnet18/34/50/101 -> fastai's DynamicUnet on the torchvision
+    encoder (as `unet_learner` builds it); timm/NAME -> DynamicUnet on the timm encoder. `img_size` is
+    what DynamicUnet sizes its decoder with; `pretrained` downloads (or finds cached) ImageNet weights.
+    """
     arch = check_arch(arch)
     if arch == "attention-unet":
         return AttentionUNet(3, n_out, features)
     if arch.startswith("timm/"):
         return DynamicUnet(timm_encoder(arch[5:], pretrained), n_out, img_size)
-    import torchvision
-    from fastai.vision.learner import create_unet_model
     return create_unet_model(getattr(torchvision.models, arch), n_out, img_size, pretrained=pretrained)
 
 
 def _encoder_splitter(model: nn.Module) -> list:
-    "Two parameter groups, encoder and the rest, for discriminative learning rates."
+    "Two parameter groups, encoder and the rest, for discriminative learning rates (timm encoders)."
     encoder = list(model[0].parameters())
     ids = {id(p) for p in encoder}
     return [encoder, [p for p in model.parameters() if id(p) not in ids]]
@@ -95,22 +104,51 @@ def covfast_learner(
     else:
         status = Pretrained(False, "--no-pretrained")
     stats = SegmentationStats()
-    common = dict(loss_func=SegLoss(empty_weight=empty_weight, dice_weight=dice_weight), opt_func=Adam, cbs=[EmptyGate(gate_topk, gate_margin), stats],
-                  metrics=segmentation_metrics(stats))
+    common = dict(loss_func=SegLoss(empty_weight=empty_weight, dice_weight=dice_weight), opt_func=Adam,
+                  cbs=[EmptyGate(gate_topk, gate_margin), stats], metrics=segmentation_metrics(stats))
     if arch == "attention-unet":
-        learn = Learner(dls, AttentionUNet(3, 2, features), **common)
-    elif arch.startswith("timm/"):
-        img_size = dls.one_batch()[0].shape[-2:]
-        model = DynamicUnet(timm_encoder(arch[5:], status.used), 2, img_size)
-        learn = Learner(dls, model, splitter=_encoder_splitter, **common)
-        if status.used:
-            learn.freeze()
+        learn = Learner(dls, build_model(arch, features=features), **common)
     else:
-        import torchvision
-        learn = unet_learner(dls, getattr(torchvision.models, arch), n_out=2, pretrained=status.used,
-                             normalize=False, **common)  # covfast's DataBlock already normalises
+        # DynamicUnet sizes its decoder on a batch, as fastai's unet_learner does
+        model = build_model(arch, img_size=dls.one_batch()[0].shape[-2:], pretrained=status.used)
+        # torchvision ResNets: fastai's own parameter groups (stem + first stages, later stages, decoder)
+        splitter = _encoder_splitter if arch.startswith("timm/") else model_meta[getattr(torchvision.models, arch)]["split"]
+        learn = Learner(dls, model, splitter=splitter, **common)
+        if status.used:
+            learn.freeze()  # a pretrained encoder comes frozen, as unet_learner leaves it
     learn.covfast_arch = arch
     return learn, status
+
+
+def config_learner(dls: DataLoaders, cfg: dict[str, Any], pretrained: bool | None = None,
+                   warn: bool = True) -> tuple[Learner, Pretrained]:
+    "`covfast_learner` on `dls` with a run's config.json model and loss settings (`pretrained` overrides the config's)."
+    return covfast_learner(dls, cfg["arch"], pretrained=cfg.get("pretrained", True) if pretrained is None else pretrained,
+                           features=tuple(cfg.get("features") or DEFAULT_FEATURES),
+                           empty_weight=cfg.get("empty_weight", 0.0), dice_weight=cfg.get("dice_weight", 1.0),
+                           gate_topk=cfg.get("gate_topk", 0.0), gate_margin=cfg.get("gate_margin", 0.0), warn=warn)
+
+
+def run_config(cfg: dict[str, Any]) -> Config:
+    "The `Config` fields of a run's config.json."
+    return Config(**{k: (tuple(v) if k == "classes" else v) for k, v in cfg.items() if k in Config.__dataclass_fields__})
+
+
+def learner_for_config(cfg: dict[str, Any], pretrained: bool | None = None, warn: bool = True,
+                       device: torch.device | None = None, **dl_kwargs) -> tuple[Learner, Pretrained]:
+    """The training learner for a run's config.json settings: its Train/Val data, seed and loader settings
+    (train, resume, lr-find, the benchmark). `device` overrides the config's (a distributed process's own GPU).
+    A learner without training data, for scoring and prediction, is `inference.inference_learner`."""
+    config = run_config(cfg)
+    device = device or pick_device(cfg.get("device"))
+    dl_kwargs = {**loader_settings(device, config.num_workers), **dl_kwargs}
+    config = config.replace(num_workers=dl_kwargs.pop("num_workers"))
+    # cuDNN's deterministic kernels cost GPU speed; on CPU a seed reproduces the run exactly
+    set_seed(config.seed, reproducible=device.type != "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    dls = covid_dataloaders(cfg["data_root"], config, augment=cfg.get("augment", True), device=device, **dl_kwargs)
+    return config_learner(dls, cfg, pretrained, warn)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -118,20 +156,5 @@ def pick_device(device: str | None = None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        from .errors import CovfastError
         raise CovfastError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
     return torch.device(device)
-
-
-def use_gpu_speedups(learn: Learner, fp16: bool = True) -> str:
-    "channels_last and mixed precision (bf16 where supported, else fp16) on CUDA; returns the precision used."
-    if learn.dls.device is None or torch.device(learn.dls.device).type != "cuda":
-        return "fp32"
-    import fastai.callback.channelslast  # noqa: F401  (patches Learner.to_channelslast)
-    from fastai.callback.fp16 import AMPMode
-    if not fp16:
-        learn.to_channelslast(use_amp=False)
-        return "fp32"
-    mode = AMPMode.BF16 if torch.cuda.is_bf16_supported() else AMPMode.FP16
-    learn.to_channelslast(amp_mode=mode)
-    return mode.value

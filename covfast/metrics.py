@@ -1,22 +1,24 @@
-"""One definition of every segmentation metric (DESIGN.md), used by training logs, evaluation and reports.
+"""One definition of every metric, used by training logs, evaluation, reports and prediction.
 
 Truth = mask > 127 (or class index 1); prediction = argmax over the 2 output channels. Per image:
-dice = 2|P∩G| / (|P|+|G|), iou = |P∩G| / |P∪G|, both 1 when P and G are empty.
+dice = 2|P∩G| / (|P|+|G|), iou = |P∩G| / |P∪G|, both 1 when P and G are empty. Pooled over a set:
+2ΣTP / (2ΣTP + ΣFP + ΣFN) and ΣTP / (ΣTP + ΣFP + ΣFN). Severity: infection % of lung
+= 100 |P∩L| / |L|, undefined (NaN) when the lung mask L is empty, in bands 0, <25, 25-50, 50-75, >=75.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 from fastai.callback.core import Callback
-from fastai.learner import Metric
+from fastai.callback.fp16 import MixedPrecision
+from fastai.learner import Metric, Recorder, ValueMetric
 
 from .config import CLASSES
 
 __all__ = ["predicted_infection", "evidence_scores", "gate_empty", "EmptyGate", "learner_gate", "confusion_counts",
-           "dice_from_counts", "iou_from_counts", "pooled_dice", "SegmentationStats", "segmentation_metrics"]
+           "dice_from_counts", "iou_from_counts", "pooled_dice", "pooled_iou", "infection_pct", "SEVERITY_BANDS",
+           "severity_band", "SegmentationStats", "segmentation_metrics"]
 
 
 def predicted_infection(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -57,9 +59,11 @@ def gate_empty(logits: torch.Tensor, topk: float = 0.02, margin: float = 0.0) ->
 class EmptyGate(Callback):
     """Applies `gate_empty` to the model's output outside training: validation, get_preds, show_results.
 
-    The learner's one gate: covfast's own prediction path (`predict.iter_logits`) reads it from here.
+    The learner's one gate: covfast's own prediction path (`inference.iter_logits`) reads it from here.
     """
-    order = -5  # right after the forward pass, before the loss and every metric
+    # after_pred, once mixed precision has cast the prediction back to fp32 (the decision is made in fp32);
+    # the loss and every metric come after all after_pred callbacks
+    order = MixedPrecision.order + 1
 
     def __init__(self, topk: float = 0.02, margin: float = 0.0):
         self.topk, self.margin = topk, margin
@@ -109,13 +113,36 @@ def pooled_dice(tp, fp, fn) -> float:
     return 1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
+def pooled_iou(tp, fp, fn) -> float:
+    "ΣTP / (ΣTP + ΣFP + ΣFN) over a set of images (fastai's `JaccardCoeff`); 1 when all are empty."
+    tp, fp, fn = (float(np.sum(np.asarray(v, dtype=float))) for v in (tp, fp, fn))
+    return 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
+
+
+def infection_pct(mask: np.ndarray, lung: np.ndarray) -> float:
+    "Infection % of lung, 100 |mask ∩ lung| / |lung| (boolean arrays of one shape); NaN when the lung mask is empty."
+    n_lung = int(lung.sum())
+    return 100.0 * int((mask & lung).sum()) / n_lung if n_lung else float("nan")
+
+
+# Severity bands of infection % of lung: 0, <25, 25-50, 50-75, >=75.
+SEVERITY_BANDS = ("0", "<25", "25-50", "50-75", ">=75")
+
+
+def severity_band(pct: np.ndarray | float) -> np.ndarray:
+    "Band index 0..4 of infection % of lung (callers leave out NaN, the undefined % of an empty lung mask)."
+    pct = np.asarray(pct, dtype=float)
+    return np.where(pct <= 0, 0, np.digitize(pct, [25, 50, 75]) + 1)
+
+
 class SegmentationStats(Callback):
     """Collects per-image counts of every training and validation batch, once per batch.
 
     Validation labels come from the items of the (unshuffled) validation loader by position, so
     'COVID Dice' is the mean over COVID-19 images and 'Non-COVID Dice' over Non-COVID images.
     """
-    order = 60  # after the loss is computed; before Recorder reads the metrics at after_validate
+    # after_batch has the loss and the prediction; Recorder reads the epoch's values at after_epoch
+    order = Recorder.order + 1
 
     def __init__(self):
         self.train_counts, self.valid_counts, self.valid_labels = [], [], []
@@ -168,26 +195,9 @@ class SegmentationStats(Callback):
         return float(d.mean()) if len(d) else float("nan")
 
 
-class _StatMetric(Metric):
-    "A fastai metric whose value is read from a `SegmentationStats` callback (no double work)."
-
-    def __init__(self, name: str, value_fn: Callable[[], float]):
-        self._name, self.value_fn = name, value_fn
-
-    def reset(self): pass
-
-    def accumulate(self, learn): pass
-
-    @property
-    def value(self): return self.value_fn()
-
-    @property
-    def name(self): return self._name
-
-
 def segmentation_metrics(stats: SegmentationStats) -> list[Metric]:
-    "train Dice, valid COVID Dice, valid Non-COVID Dice, valid mean Dice (the reference's Tables II, III)."
-    return [_StatMetric("train_dice", lambda: stats.dice(train=True)),
-            _StatMetric("valid_dice_covid", lambda: stats.dice(label="COVID-19")),
-            _StatMetric("valid_dice_noncovid", lambda: stats.dice(label="Non-COVID")),
-            _StatMetric("valid_dice_mean", lambda: stats.dice())]
+    "train Dice, valid COVID Dice, valid Non-COVID Dice, valid mean Dice (the reference's Tables II, III), read from `stats`."
+    return [ValueMetric(lambda: stats.dice(train=True), "train_dice"),
+            ValueMetric(lambda: stats.dice(label="COVID-19"), "valid_dice_covid"),
+            ValueMetric(lambda: stats.dice(label="Non-COVID"), "valid_dice_noncovid"),
+            ValueMetric(lambda: stats.dice(), "valid_dice_mean")]

@@ -12,8 +12,10 @@ import torch
 
 from .config import Config
 from .data import read_mask, read_xray
-from .evaluate import SEVERITY_BANDS, evaluate, load_run, reference_table, severity_band
-from .predict import iter_logits, overlay, upsample_mask
+from .evaluate import evaluated, reference_table
+from .inference import iter_logits, load_run, upsample_mask
+from .metrics import SEVERITY_BANDS, severity_band
+from .predict import overlay
 from .runs import read_history
 
 __all__ = ["html_table", "plot_history", "infer_cases", "triptych_figure", "severity_figure", "band_confusion", "html_page", "report"]
@@ -80,9 +82,10 @@ def triptych_figure(entries: list[dict], path: Path, title: str) -> Path:
 
 
 def band_confusion(per_image: pd.DataFrame) -> pd.DataFrame:
-    "Severity bands: true (rows) x predicted (columns) image counts."
-    t = pd.Categorical(np.array(SEVERITY_BANDS)[severity_band(per_image.true_pct_lung)], SEVERITY_BANDS)
-    p = pd.Categorical(np.array(SEVERITY_BANDS)[severity_band(per_image.pred_pct_lung)], SEVERITY_BANDS)
+    "Severity bands: true (rows) x predicted (columns) image counts (images with an empty lung mask left out)."
+    graded = per_image.dropna(subset=["true_pct_lung", "pred_pct_lung"])
+    t = pd.Categorical(np.array(SEVERITY_BANDS)[severity_band(graded.true_pct_lung)], SEVERITY_BANDS)
+    p = pd.Categorical(np.array(SEVERITY_BANDS)[severity_band(graded.pred_pct_lung)], SEVERITY_BANDS)
     table = pd.crosstab(t, p, dropna=False)
     table.index.name, table.columns.name = "true %", "predicted %"
     return table
@@ -117,14 +120,10 @@ def html_page(title: str, sections: list[tuple[str, str]]) -> str:
 
 def report(run: str | Path, split: str = "Test", config: Config | None = None, device: str | None = None,
            progress=None) -> Path:
-    "Write <run>/report/index.html with its PNGs; evaluates the split first if that was not done."
+    "Write <run>/report/index.html with its PNGs; evaluates the split first unless its results are current."
     config = config or Config()
-    learn, cfg, run_dir = load_run(run, config.runs_dir, device)
-    folder = run_dir / "eval" / split.capitalize()
-    if (folder / "per_image.csv").is_file():
-        per_image, summary = pd.read_csv(folder / "per_image.csv"), pd.read_csv(folder / "summary.csv")
-    else:
-        per_image, summary, folder = evaluate(run_dir, split, config=config, device=device, progress=progress)
+    learn, cfg, run_dir = load_run(run, config.runs_dir, device, precision=config.precision)
+    per_image, summary, folder = evaluated(run_dir, split, config=config, device=device, progress=progress)
     split = folder.name
     out = run_dir / "report"
     out.mkdir(exist_ok=True)

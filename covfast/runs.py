@@ -5,24 +5,35 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import platform
 import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import fastai
 import numpy as np
 import pandas as pd
+import timm
 import torch
+import torchvision
 
+from . import __version__
 from .errors import CovfastError
 
-__all__ = ["HISTORY_COLUMNS", "CALIBRATION_FILE", "new_run_dir", "resolve_run", "write_json", "read_json", "read_history",
+__all__ = ["HISTORY_COLUMNS", "CALIBRATION_FILE", "versions", "new_run_dir", "resolve_run", "write_json", "read_json", "read_history",
            "write_history", "atomic_save", "plain", "load_weights"]
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_dice", "valid_loss", "valid_dice_covid",
                    "valid_dice_noncovid", "valid_dice_mean", "lr", "seconds"]
-# written by `covfast calibrate`, read by `evaluate.load_run`: the empty-mask gate's threshold
+# written by `covfast calibrate`, read by `inference.load_run`: the empty-mask gate's threshold
 CALIBRATION_FILE = "calibration.json"
+
+
+def versions() -> dict[str, str]:
+    "The versions a run was made with (config.json records them)."
+    return {"covfast": __version__, "fastai": fastai.__version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "python": platform.python_version()}
 
 
 def new_run_dir(runs_dir: str | Path, name: str | None, arch_slug: str) -> Path:

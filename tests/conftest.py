@@ -5,8 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from covfast.dataset import DATASET_DIR
+from covfast.models import AttentionUNet
+from covfast.runs import write_json
 from covfast.synth import write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,3 +34,25 @@ def real_root() -> Path:
     if not (SHARED_DATA / DATASET_DIR).is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def _fake_run(tmp_path, data_root, name, infection: bool):
+    "A run directory whose model predicts infection everywhere (or nowhere), whatever the image."
+    run = tmp_path / "runs" / name
+    run.mkdir(parents=True)
+    write_json(run / "config.json", {"arch": "attention-unet", "features": [4, 8], "data_root": str(data_root),
+                                     "img_size": 32, "bs": 4, "classes": ["COVID-19", "Non-COVID"], "seed": 0,
+                                     "num_workers": 0, "lr": "1e-3", "epochs": 1, "gate_topk": 0.02,
+                                     "pretrained": False, "device": "cpu"})
+    model = AttentionUNet(3, 2, (4, 8))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([-1.0, 1.0] if infection else [1.0, -1.0]))
+    torch.save(model.state_dict(), run / "model.pth")
+    return run
+
+
+@pytest.fixture
+def fake_run():
+    "`fake_run(tmp_path, data_root, name, infection)`: a run directory whose model predicts infection everywhere (or nowhere)."
+    return _fake_run

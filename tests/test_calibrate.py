@@ -13,8 +13,6 @@ from covfast.cli import app
 from covfast.errors import CovfastError
 from covfast.metrics import gate_empty
 
-from .test_evaluate import fake_run
-
 runner = CliRunner()
 
 
@@ -43,7 +41,7 @@ def test_margin_for_specificity_hand_cases():
         margin_for_specificity(np.array([]), 0.3)
 
 
-def test_calibrate_writes_the_threshold_and_evaluate_uses_it(synth_root, tmp_path):
+def test_calibrate_writes_the_threshold_and_evaluate_uses_it(synth_root, tmp_path, fake_run):
     # every pixel of every image has margin logit1 - logit0 = 2, so every image's evidence is 2:
     # emptying half the empty-truth Train images needs threshold 2, which empties every image
     run = fake_run(tmp_path, synth_root, "everywhere", infection=True)
@@ -67,3 +65,27 @@ def test_calibrate_writes_the_threshold_and_evaluate_uses_it(synth_root, tmp_pat
     assert json.loads((run / "calibration.json").read_text())["specificity"] == 0.5  # untouched
     forced = runner.invoke(app, ["calibrate", "everywhere", "--specificity", "0.2", "--force"])
     assert forced.exit_code == 0 and json.loads((run / "calibration.json").read_text())["specificity"] == 0.2
+
+
+def test_report_after_calibrate_shows_the_new_thresholds_numbers(synth_root, tmp_path, fake_run):
+    "Stored evaluation results are reused only while the weights, threshold and data root they came from hold."
+    run = fake_run(tmp_path, synth_root, "everywhere", infection=True)
+    assert runner.invoke(app, ["evaluate", "everywhere", "--split", "Val"]).exit_code == 0
+    stored = json.loads((run / "eval" / "Val" / "summary.json").read_text())
+    assert stored["gate_margin"] == 0.0 and len(stored["weights_sha256"]) == 64
+    assert stored["data_root"] == str(synth_root.resolve())
+    before = pd.read_csv(run / "eval" / "Val" / "summary.csv").set_index("group")
+    assert before.loc["Non-COVID", "dice"] == 0  # uncalibrated: infection painted everywhere
+    # a report now reuses the stored results: same per_image.csv, byte for byte
+    csv_before = (run / "eval" / "Val" / "per_image.csv").read_bytes()
+    assert runner.invoke(app, ["report", "everywhere", "--split", "Val"]).exit_code == 0
+    assert (run / "eval" / "Val" / "per_image.csv").read_bytes() == csv_before
+
+    assert runner.invoke(app, ["calibrate", "everywhere", "--specificity", "0.5"]).exit_code == 0
+    result = runner.invoke(app, ["report", "everywhere", "--split", "Val"])
+    assert result.exit_code == 0, result.output
+    after = pd.read_csv(run / "eval" / "Val" / "summary.csv").set_index("group")
+    assert after.loc["Non-COVID", "dice"] == 1 and after.loc["COVID-19", "sensitivity"] == 0
+    assert json.loads((run / "eval" / "Val" / "summary.json").read_text())["gate_margin"] == pytest.approx(2.0)
+    page = (run / "report" / "index.html").read_text()
+    assert "2.0" in page.split("gate_margin", 1)[1][:80]  # the settings table shows the calibrated threshold

@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import typer
 from typer.testing import CliRunner
 
 from covfast import __version__
@@ -24,13 +25,26 @@ def test_version():
     assert result.exit_code == 0 and result.stdout.strip() == f"covfast {__version__}"
 
 
-def test_every_option_has_help():
-    for cmd in (["data", "summary"], ["data", "check"], ["synth"]):
-        out = runner.invoke(app, [*cmd, "--help"]).stdout
-        assert "Usage" in out
+def all_commands(group=None, path=()):
+    "(path, click command) for every command of the app, sub-commands included."
+    group = group or typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):  # a group (typer may vendor its own click)
+            yield from all_commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def test_every_command_and_option_has_help_text():
+    commands = dict(all_commands())
+    assert {("train",), ("evaluate",), ("data", "check"), ("predict",), ("demo",)} <= set(commands)
+    missing = [f"{' '.join(path)} {p.opts[0] if p.opts else p.name}" for path, cmd in commands.items()
+               for p in cmd.params if p.param_type_name == "option" and p.name != "help" and not (p.help or "").strip()]
+    assert not missing, f"options without help text: {missing}"
+    assert not [path for path, cmd in commands.items() if not (cmd.help or "").strip()]
+    # and the help screen shows it
     out = runner.invoke(app, ["synth", "--help"]).stdout
-    for opt in ("--per-class", "--size", "--seed", "--force"):
-        assert opt in out
+    assert "Images per class" in out and "--per-class" in out
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -5,8 +5,6 @@ from typer.testing import CliRunner
 from covfast.cli import app
 from covfast.compare import paired_differences
 
-from .test_evaluate import fake_run
-
 runner = CliRunner()
 
 
@@ -19,7 +17,7 @@ def test_paired_differences_by_hand():
     assert table.loc["All", ["b_better", "a_better", "ties"]].tolist() == [1, 1, 1]
 
 
-def test_compare_two_runs_writes_its_files(synth_root, tmp_path, monkeypatch):
+def test_compare_two_runs_writes_its_files(synth_root, tmp_path, monkeypatch, fake_run):
     monkeypatch.chdir(tmp_path)
     fake_run(tmp_path, synth_root, "everywhere", infection=True)
     fake_run(tmp_path, synth_root, "nowhere", infection=False)

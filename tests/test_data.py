@@ -29,7 +29,17 @@ def test_synthetic_batches(synth_root):
     assert len(dls.train_ds) == 12 and len(dls.valid_ds) == 12
     assert set(dls.train.items.split) == {"Train"} and set(dls.valid.items.split) == {"Val"}
     check_batches(dls, 48, 4)
-    dls.show_batch(max_n=2)  # masks carry their own vmin/vmax and colour map
+    import matplotlib.pyplot as plt
+    plt.close("all")
+    dls.show_batch(max_n=2)
+    axes = [ax for ax in plt.gcf().axes if ax.images]
+    assert len(axes) == 2
+    for ax in axes:
+        xray, mask = ax.images  # the X-ray, then the mask drawn over it
+        # masks carry their own vmin/vmax (0/1 masks render blank otherwise) and the red colour map
+        assert mask.norm.vmin == 0 and mask.norm.vmax == 1 and mask.get_cmap().name == "infection"
+        assert set(np.unique(mask.get_array())) <= {0, 1}
+    plt.close("all")
 
 
 def test_real_batches(real_root):

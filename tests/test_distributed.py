@@ -16,7 +16,7 @@ from covfast import distributed
 from covfast.models import AttentionUNet
 from covfast.runs import load_weights
 from covfast.synth import write_synthetic
-from covfast.train import learner_for_config
+from covfast.learner import learner_for_config
 
 
 def free_port() -> int:
@@ -25,6 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_whole_run(tmp_path):
     # 3 classes x 5 Val images = 15: two processes read 8 each, one padded, which the metrics must drop
     tree = write_synthetic(tmp_path / "tree", per_class=5, size=64, seed=2)

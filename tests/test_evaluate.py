@@ -11,27 +11,10 @@ from typer.testing import CliRunner
 
 from covfast.cli import app
 from covfast.dataset import scan_tree
-from covfast.evaluate import severity_band
-from covfast.models import AttentionUNet
-from covfast.runs import write_json
+from covfast.inference import inference_learner
+from covfast.metrics import severity_band
 
 runner = CliRunner()
-
-
-def fake_run(tmp_path, data_root, name, infection: bool):
-    "A run directory whose model predicts infection everywhere (or nowhere), whatever the image."
-    run = tmp_path / "runs" / name
-    run.mkdir(parents=True)
-    write_json(run / "config.json", {"arch": "attention-unet", "features": [4, 8], "data_root": str(data_root),
-                                     "img_size": 32, "bs": 4, "classes": ["COVID-19", "Non-COVID"], "seed": 0,
-                                     "num_workers": 0, "lr": "1e-3", "epochs": 1, "gate_topk": 0.02,
-                                     "pretrained": False, "device": "cpu"})
-    model = AttentionUNet(3, 2, (4, 8))
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.tensor([-1.0, 1.0] if infection else [1.0, -1.0]))
-    torch.save(model.state_dict(), run / "model.pth")
-    return run
 
 
 def truth_stats(data_root, split):
@@ -50,7 +33,7 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def test_all_infection_run(synth_root, tmp_path):
+def test_all_infection_run(synth_root, tmp_path, fake_run):
     fake_run(tmp_path, synth_root, "everywhere", infection=True)
     result = runner.invoke(app, ["evaluate", "everywhere", "--split", "Test"])
     assert result.exit_code == 0, result.output
@@ -75,7 +58,7 @@ def test_all_infection_run(synth_root, tmp_path):
     assert saved["split"] == "Test" and len(saved["reference"]) == 3
 
 
-def test_all_background_run(synth_root, tmp_path):
+def test_all_background_run(synth_root, tmp_path, fake_run):
     fake_run(tmp_path, synth_root, "nowhere", infection=False)
     result = runner.invoke(app, ["evaluate", str(tmp_path / "runs" / "nowhere"), "--split", "val"])
     assert result.exit_code == 0, result.output
@@ -89,7 +72,7 @@ def test_severity_bands():
     assert severity_band([0, 0.1, 24.9, 25, 50, 74.9, 75, 100]).tolist() == [0, 1, 1, 2, 3, 3, 4, 4]
 
 
-def test_unknown_run_and_split(synth_root, tmp_path):
+def test_unknown_run_and_split(synth_root, tmp_path, fake_run):
     missing = runner.invoke(app, ["evaluate", "nope"])
     assert missing.exit_code == 2 and "no run directory 'nope'" in missing.stderr
     fake_run(tmp_path, synth_root, "r", infection=True)
@@ -99,11 +82,9 @@ def test_unknown_run_and_split(synth_root, tmp_path):
 
 def test_inference_learner_needs_no_data(tmp_path):
     "Evaluate/report/predict build their learner from config.json alone, for DynamicUnet runs too."
-    from covfast.train import learner_for_config
-
     cfg = {"arch": "resnet18", "data_root": str(tmp_path / "absent"), "img_size": 32, "bs": 4, "seed": 0,
            "classes": ["COVID-19", "Non-COVID"], "num_workers": 0, "pretrained": False, "device": "cpu"}
-    learn, _ = learner_for_config(cfg, pretrained=False, warn=False, inference=True)
+    learn = inference_learner(cfg)
     xb, yb = learn.dls.one_batch()
     assert xb.shape[1:] == (3, 32, 32)
     assert learn.model.eval()(xb).shape[1:] == (2, 32, 32)

@@ -77,3 +77,35 @@ def test_loss_weights_its_dice_term_against_cross_entropy():
     dice_loss = ((1 - 0.6) + (1 - 1 / 3)) / 2
     for w in (0.0, 1.0, 3.0):
         assert float(SegLoss(dice_weight=w)(logits, truth)) == pytest.approx(ce + w * dice_loss, abs=1e-5)
+
+
+def test_pooled_iou_sums_counts_over_images():
+    from covfast.metrics import pooled_iou
+    # image 1: TP 3, FP 1, FN 0; image 2: TP 1, FP 0, FN 3 -> 4 / (4 + 1 + 3)
+    assert pooled_iou([3, 1], [1, 0], [0, 3]) == pytest.approx(0.5)
+    assert pooled_iou([0], [0], [0]) == 1.0  # nothing predicted, nothing true
+
+
+def test_severity_is_undefined_for_an_empty_lung_mask_everywhere():
+    "One rule: infection % of lung is NaN without lung pixels, in evaluate's summary and in predict alike."
+    import numpy as np
+    import pandas as pd
+
+    from covfast.evaluate import summarize
+    from covfast.metrics import infection_pct, severity_band
+
+    mask = np.zeros((4, 4), bool)
+    mask[0, :2] = True
+    lung = np.zeros((4, 4), bool)
+    lung[0] = True
+    assert infection_pct(mask, lung) == 50.0
+    assert np.isnan(infection_pct(mask, np.zeros((4, 4), bool)))
+    rows = pd.DataFrame({"class": ["COVID-19"] * 3, "dice": [1.0, 0.5, 0.0], "iou": [1.0, 0.4, 0.0],
+                         "tp": [4, 2, 0], "fp": [0, 2, 1], "fn": [0, 2, 4], "pred_empty": [False] * 3,
+                         "true_pct_lung": [30.0, 10.0, float("nan")], "pred_pct_lung": [40.0, 30.0, float("nan")]})
+    by = summarize(rows, n_boot=10).set_index("group")
+    # the third image has no lung: severity over the other two; Dice and IoU over all three
+    assert by.loc["COVID-19", "severity_mae"] == pytest.approx(15.0)
+    assert by.loc["COVID-19", "severity_band_agreement"] == 0.5  # 30 and 40 share 25-50; 10 and 30 do not
+    assert by.loc["COVID-19", "dice"] == pytest.approx(0.5) and by.loc["COVID-19", "n"] == 3
+    assert severity_band([30.0, 40.0]).tolist() == [2, 2]

@@ -10,10 +10,7 @@ NBS = Path(__file__).resolve().parents[1] / "nbs"
 NOTEBOOKS = sorted(NBS.glob("*.ipynb"))
 
 
-def test_the_three_notebooks_are_there():
-    assert [p.name for p in NOTEBOOKS] == ["00_data.ipynb", "01_train.ipynb", "02_results.ipynb"]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)

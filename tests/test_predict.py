@@ -11,8 +11,6 @@ from covfast.cli import app
 from covfast.dataset import DATASET_DIR
 from covfast.predict import overlay
 
-from .test_evaluate import fake_run
-
 runner = CliRunner()
 
 
@@ -39,10 +37,11 @@ def mixed_folder(synth_root, tmp_path):
     lungs = tmp_path / "lungs"
     lungs.mkdir()
     Image.open(synth_root / DATASET_DIR / "Test" / "COVID-19" / "lung masks" / src[0].name).save(lungs / "good.png")
+    Image.fromarray(np.zeros_like(good)).save(lungs / "deep16.png")  # an empty lung mask: no % of lung
     return folder, lungs
 
 
-def test_predict_mixed_folder(synth_root, tmp_path, mixed_folder, monkeypatch):
+def test_predict_mixed_folder(synth_root, tmp_path, mixed_folder, monkeypatch, fake_run):
     monkeypatch.chdir(tmp_path)
     folder, lungs = mixed_folder
     fake_run(tmp_path, synth_root, "everywhere", infection=True)
@@ -57,13 +56,14 @@ def test_predict_mixed_folder(synth_root, tmp_path, mixed_folder, monkeypatch):
     assert mask.shape == (40, 50) and set(np.unique(mask)) == {255}  # input resolution, 0/255
     assert row.infected_pixels == 2000 and row.infection_pct_image == 100
     assert table.loc[str(folder / "good.png"), "infection_pct_lung"] == 100
-    assert np.isnan(table.loc[str(folder / "deep16.png"), "infection_pct_lung"])  # no lung mask of that name
+    assert np.isnan(table.loc[str(folder / "deep16.png"), "infection_pct_lung"])  # an empty lung mask
+    assert np.isnan(table.loc[str(folder / "photo.jpg"), "infection_pct_lung"])  # no lung mask of that name
     assert (out / "overlays" / "deep16.png").is_file()
     again = runner.invoke(app, ["predict", "everywhere", str(folder), "--out", str(out)])
     assert again.exit_code == 2 and "already holds" in again.stderr
 
 
-def test_predict_needs_only_the_run_directory(synth_root, tmp_path, monkeypatch):
+def test_predict_needs_only_the_run_directory(synth_root, tmp_path, monkeypatch, fake_run):
     "A run copied to another machine, without the data it was trained on, still predicts."
     monkeypatch.chdir(tmp_path)
     fake_run(tmp_path, tmp_path / "gone" / "covid-qu-ex", "copied", infection=False)
@@ -79,7 +79,7 @@ def test_prediction_batches_hold_the_pixels_of_fastais_validation_pipeline(mixed
     "iter_logits builds its batches without fastai's per-item pipeline; they must be the same tensors."
     from covfast.data import inference_dataloaders
     from covfast.learner import covfast_learner
-    from covfast.predict import _batch_pixels, _input_size, validation_batch
+    from covfast.inference import _batch_pixels, _input_size, validation_batch
 
     folder, _ = mixed_folder
     masks = synth_root / DATASET_DIR / "Test" / "COVID-19" / "infection masks"

@@ -8,12 +8,10 @@ from typer.testing import CliRunner
 from covfast.cli import app
 from covfast.runs import HISTORY_COLUMNS
 
-from .test_evaluate import fake_run
-
 runner = CliRunner()
 
 
-def test_report_links_only_existing_files(synth_root, tmp_path, monkeypatch):
+def test_report_links_only_existing_files(synth_root, tmp_path, monkeypatch, fake_run):
     monkeypatch.chdir(tmp_path)
     run = fake_run(tmp_path, synth_root, "everywhere", infection=True)
     pd.DataFrame([[1, 1.0, 0.2, 0.9, 0.3, 0.5, 0.4, 1e-3, 3.0], [2, 0.8, 0.3, 0.8, 0.4, 0.6, 0.5, 1e-5, 3.0]],
@@ -29,4 +27,29 @@ def test_report_links_only_existing_files(synth_root, tmp_path, monkeypatch):
     for heading in ("Settings", "Training curves", "Evaluation on Test", "Against the reference study",
                     "COVID-19: best, median, worst", "Empty-truth images", "Top losses", "Severity"):
         assert heading in text
-    assert text.count("<table") >= 5 and "attention (finest gate)" not in text  # PNG text is not in the HTML
+    assert text.count("<table") >= 5
+
+
+def test_attention_unet_triptychs_add_the_finest_gates_map(synth_root, tmp_path, fake_run):
+    "An Attention U-Net's case figures get a fourth column, its finest attention map; other models keep three."
+    from PIL import Image
+
+    from covfast.inference import load_run
+    from covfast.report import infer_cases, triptych_figure
+
+    run = fake_run(tmp_path, synth_root, "everywhere", infection=True)
+    learn, _, _ = load_run(run)
+    images = sorted((synth_root / "Infection Segmentation Data" / "Test" / "COVID-19" / "images").iterdir())[:2]
+    rows = pd.DataFrame({"image": [str(p) for p in images], "file": [p.name for p in images],
+                         "class": "COVID-19", "dice": 0.5})
+    entries = infer_cases(learn, rows)
+    assert len(entries) == 2
+    for e in entries:
+        # the finest gate's map is at the model's input resolution (32 px), with values in [0, 1]
+        assert e["attention"].shape == (32, 32) and 0 <= e["attention"].min() <= e["attention"].max() <= 1
+        assert e["pred"].shape == e["gray"].shape == e["truth"].shape
+    with_map = Image.open(triptych_figure(entries, tmp_path / "four.png", "t"))
+    without = Image.open(triptych_figure([{k: v for k, v in e.items() if k != "attention"} for e in entries],
+                                         tmp_path / "three.png", "t"))
+    # 3 inches per column at 90 dpi: 4 columns against 3
+    assert with_map.size == (4 * 270, 2 * 270) and without.size == (3 * 270, 2 * 270)

@@ -12,7 +12,8 @@ from covfast.cli import app
 from covfast.config import Config
 from covfast.errors import CovfastError
 from covfast.runs import HISTORY_COLUMNS, load_weights, read_json
-from covfast.train import learner_for_config, train
+from covfast.learner import learner_for_config
+from covfast.train import train
 
 runner = CliRunner()
 RUN_FILES = {"config.json", "history.csv", "model.pth", "checkpoint.pth"}
@@ -26,6 +27,7 @@ def tiny(tmp_path, **kw):
     return Config(img_size=32, bs=4, epochs=kw.pop("epochs", 1), lr="3e-3", runs_dir=str(tmp_path / "runs"), **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["attention-unet", "resnet34"])
 def test_cli_training_writes_every_run_file(synth_root, tmp_path, arch):
     result = cli("train", arch, "--data", synth_root, "--size", 32, "--bs", 4, "--epochs", 2, "--lr", "3e-3",
@@ -54,6 +56,7 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_offline_pretrained_warns_once_and_trains_from_scratch(synth_root, tmp_path, monkeypatch, capsys):
     from torchvision.models._api import WeightsEnum
 
@@ -69,6 +72,7 @@ def test_offline_pretrained_warns_once_and_trains_from_scratch(synth_root, tmp_p
     assert "URLError" in cfg["pretrained_reason"] and cfg["freeze_epochs"] == 0
 
 
+@pytest.mark.slow
 def test_pretrained_encoder_is_frozen_for_one_epoch_then_trained(synth_root, tmp_path, monkeypatch):
     import torchvision
     from torchvision.models._api import WeightsEnum
@@ -133,6 +137,7 @@ def test_weights_with_pickle_payload_are_refused(synth_root, tmp_path):
     assert result.exit_code == 2 and "refusing" in result.stderr and "pwned" not in result.output
 
 
+@pytest.mark.slow
 def test_lr_find_prints_four_suggestions_and_a_plot(synth_root, tmp_path):
     result = cli("lr-find", "resnet18", "--data", synth_root, "--size", 32, "--bs", 4, "--no-pretrained",
                  "--num-it", 40, "--out", tmp_path / "lrf")
@@ -149,6 +154,7 @@ def test_bad_lr_is_one_line(synth_root):
     assert result.exit_code == 2 and "fast" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_lr_auto_runs_lr_find_into_the_run(synth_root, tmp_path):
     run = train("attention-unet", synth_root, tiny(tmp_path).replace(lr="auto"), name="auto")
     cfg = read_json(run / "config.json")

@@ -35,17 +35,27 @@ def arch_slug(arch: str) -> str:
 
 
 def timm_encoder(name: str, pretrained: bool) -> nn.Sequential:
-    """A timm CNN without pooling and head, as an nn.Sequential that DynamicUnet can hook.
+    """A timm CNN's feature extractor as an nn.Sequential that DynamicUnet can hook.
 
-    DynamicUnet finds its skip connections where the spatial size changes between the encoder's
-    children; timm nests its stages ('blocks', 'stages'), so those are flattened one level.
+    DynamicUnet takes its skip connections where the spatial size changes between the encoder's
+    children, and runs the children in order. timm's `feature_info` names the module of each feature
+    stage; the encoder is the model's children up to the last of them (no head convolution, pooling or
+    classifier), with nested stage containers flattened one level, as timm's FeatureListNet cuts it.
     """
     import timm
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
+    model = timm.create_model(name, pretrained=pretrained)
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise CovfastError(f"timm/{name} has no feature_info to cut a U-Net encoder from; choose a CNN such as "
+                           f"timm/resnet34 or timm/efficientnet_b0")
+    last = info[-1]["module"]
     layers = []
-    for child in model.children():
-        if isinstance(child, nn.Sequential):
-            layers.extend(child.children())
-        elif not isinstance(child, nn.Identity):
-            layers.append(child)
-    return nn.Sequential(*layers)
+    for child_name, child in model.named_children():
+        for sub_name, sub in (child.named_children() if isinstance(child, nn.Sequential) else [("", child)]):
+            layers.append(sub)
+            if last == f"{child_name}.{sub_name}":
+                return nn.Sequential(*layers)
+        if last == child_name:
+            return nn.Sequential(*layers)
+    raise CovfastError(f"timm/{name}: feature module {last!r} is not a child or grandchild of the model; choose a CNN "
+                       f"such as timm/resnet34 or timm/efficientnet_b0")
