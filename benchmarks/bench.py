@@ -53,6 +53,7 @@ from covfast.dataset import scan_tree
 from covfast.learner import learner_for_config, pick_device
 from covfast.precision import Precision, cpu_runs_bf16, memory_format, resolve_precision, use_precision
 from covfast.losses import SegLoss
+from covfast.metrics import learner_threshold
 from covfast.inference import iter_logits, upsample_mask
 from covfast.synth import write_synthetic
 
@@ -187,7 +188,7 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
     # the learner `covfast train` builds: its loaders (workers and pinned memory on CUDA), seed and cuDNN settings
     config = Config(img_size=size, bs=bs, seed=0)
     cfg = {"arch": arch, **config.to_dict(), "data_root": str(Path(data).resolve()), "pretrained": False,
-           "device": device.type}
+           "device": device.type, "cls_weight": 1.0}  # with the image head, as `covfast train` builds it
     learn, _ = learner_for_config(cfg, warn=False)
     used = use_precision(learn, resolve_precision(precision, device))
     fmt = memory_format(learn)
@@ -219,6 +220,7 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
     items = items[(items.split == "Val") & items.label.isin(config.classes)].reset_index(drop=True)
     learn.model.eval()
     forward = BareForward(learn.model, bs, size, device, used, fmt)
+    threshold = learner_threshold(learn)
     predict_s, forward_s = [], []
     start, passes = time.perf_counter(), 0
     with torch.no_grad():
@@ -228,7 +230,7 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
             clear_cache()
             t, first = time.perf_counter(), True
             for i, logits, _ in iter_logits(learn, items, bs=bs):
-                upsample_mask(logits, (size, size))
+                upsample_mask(logits, (size, size), threshold)
                 if (i + 1) % bs == 0:
                     sync(device)
                     if not first:  # the first batch of a pass also pays for starting the loader

@@ -1,11 +1,12 @@
-"""Set a run's empty-mask gate on its training images, at a chosen share of empty masks left empty.
+"""Set a run's decision threshold on a split it was not fitted on (Val), at a chosen specificity or sensitivity.
 
-The gate (`metrics.gate_empty`) empties an image's mask unless the mean infection margin of its most
-confident pixels (`evidence_scores`) is above a threshold, 0 by default. That threshold is an
-operating point: higher leaves more healthy lungs and other pneumonias empty (specificity) and
-misses more small COVID-19 lesions. `calibrate` picks it on the Train split, never on the split that
-is evaluated, as the smallest threshold that empties at least `specificity` of the empty-truth images,
-and writes it to the run's calibration.json; `load_run` (evaluate, report, compare, predict) uses it.
+A run with the image head keeps an image's mask when the head's probability is above the threshold
+(`metrics.decided_infection`); a run made before the head, when its pixel-evidence score is above the
+gate's margin (`metrics.gate_empty`). Either way the threshold is an operating point: higher leaves more
+healthy lungs and other pneumonias empty and misses more COVID-19 images. `calibrate` chooses it on a
+split the model did not train on (Val by default: the Train images are memorised, and their scores say
+little about new ones), writes calibration.json, and `load_run` applies it everywhere; `evaluate` refuses
+to report on the split it was chosen on.
 """
 
 from __future__ import annotations
@@ -22,60 +23,87 @@ from .data import read_mask
 from .errors import CovfastError
 from .evaluate import split_items
 from .inference import iter_logits, load_run
-from .metrics import evidence_scores, learner_gate
+from .metrics import evidence_scores, image_probability, learner_gate
 from .runs import CALIBRATION_FILE, write_json
 
-__all__ = ["evidence_of", "margin_for_specificity", "calibrate"]
+__all__ = ["image_scores", "threshold_for_specificity", "threshold_for_sensitivity", "calibrate"]
 
 
-def evidence_of(learn, items: pd.DataFrame, bs: int | None = None, progress=None) -> np.ndarray:
-    "Per item, the gate's evidence score (`evidence_scores` at the learner's gate share) of the ungated logits."
+def image_scores(learn, items: pd.DataFrame, bs: int | None = None, progress=None) -> tuple[np.ndarray, str]:
+    """Per item, the score the run's decision thresholds, and its kind: the image head's probability
+    ('image_probability'), or for a run without the head its gate's evidence score ('gate_margin')."""
     gate = learner_gate(learn)
-    if gate is None or not gate.topk:
-        raise CovfastError("this run's empty-mask gate is off (gate_topk 0); train with --gate-topk above 0 to calibrate it")
-    scores = np.empty(len(items))
+    scores, kind = np.empty(len(items)), None
     for i, logits, _ in iter_logits(learn, items, bs=bs, progress=progress, gated=False):
-        scores[i] = float(evidence_scores(logits[None], gate.topk)[0])
-    return scores
+        prob = image_probability(logits[None])
+        if prob is not None:
+            scores[i], kind = float(prob[0]), "image_probability"
+        elif gate is not None and gate.topk:
+            scores[i], kind = float(evidence_scores(logits[None], gate.topk)[0]), "gate_margin"
+        else:
+            raise CovfastError("this run has neither the image head nor the pixel-evidence gate (gate_topk 0): "
+                               "it has no decision to calibrate; train with --cls-weight above 0")
+    return scores, kind
 
 
-def margin_for_specificity(empty_scores: np.ndarray, specificity: float) -> float:
+def threshold_for_specificity(empty_scores: np.ndarray, specificity: float) -> float:
     "The smallest threshold that empties (score <= threshold) at least `specificity` of these empty-truth images."
     if not 0 < specificity <= 1:
         raise CovfastError(f"--specificity must be in (0, 1], got {specificity}")
     if len(empty_scores) == 0:
-        raise CovfastError("no images with an empty infection mask to calibrate on; use a split with Non-COVID images")
+        raise CovfastError("no images with an empty infection mask to calibrate on; use a split with Non-COVID or Normal images")
     ordered = np.sort(np.asarray(empty_scores, dtype=float))
     return float(ordered[math.ceil(specificity * len(ordered) - 1e-9) - 1])
 
 
+def threshold_for_sensitivity(infected_scores: np.ndarray, sensitivity: float) -> float:
+    "The largest threshold that keeps (score > threshold) at least `sensitivity` of these infected images."
+    if not 0 < sensitivity <= 1:
+        raise CovfastError(f"--sensitivity must be in (0, 1], got {sensitivity}")
+    if len(infected_scores) == 0:
+        raise CovfastError("no COVID-19 images to calibrate on; use a split with COVID-19 images")
+    ordered = np.sort(np.asarray(infected_scores, dtype=float))[::-1]
+    kth = ordered[math.ceil(sensitivity * len(ordered) - 1e-9) - 1]
+    return float(np.nextafter(kth, -np.inf))  # just below the k-th highest: it and every higher one are kept
+
+
 def calibrate(
     run: str | Path,  # run directory or its name under runs_dir
-    specificity: float = 0.3,  # share of empty-truth images the gate must leave empty
-    split: str = "Train",  # split whose images set the threshold (not the one you evaluate)
+    specificity: float | None = None,  # share of empty-truth images (Non-COVID, Normal) to leave empty
+    sensitivity: float | None = None,  # or: share of COVID-19 images to keep outlined (one of the two)
+    split: str = "Val",  # split whose images set the threshold; never the one you report on
     data: str | Path | None = None,  # dataset root (default: the run's own)
-    config: Config | None = None,  # for runs_dir and bs
+    config: Config | None = None,  # for runs_dir, bs and precision
     device: str | None = None,
     force: bool = False,  # replace an existing calibration.json
     progress=None,
 ) -> dict:
-    "Write the run's calibration.json (gate threshold and what it reached on `split`) and return it."
+    "Write the run's calibration.json (the threshold and what it reaches on `split`) and return it."
+    if (specificity is None) == (sensitivity is None):
+        raise CovfastError("give one target: --specificity (share of empty-truth images left empty) or --sensitivity "
+                           "(share of COVID-19 images outlined)")
     config = config or Config()
     learn, cfg, run_dir = load_run(run, config.runs_dir, device, precision=config.precision)
     path = run_dir / CALIBRATION_FILE
     if path.exists() and not force:
-        raise CovfastError(f"{path} exists (gate margin {cfg.get('gate_margin')}); pass --force to replace it")
+        raise CovfastError(f"{path} exists (threshold {cfg['calibration'].get('threshold', cfg['calibration'].get('gate_margin'))}); "
+                           f"pass --force to replace it")
     items = split_items(data or cfg["data_root"], split, tuple(cfg["classes"]))
     infected = np.array([read_mask(p).any() for p in items.infection_mask])
-    scores = evidence_of(learn, items, bs=config.bs, progress=progress)
-    margin = margin_for_specificity(scores[~infected], specificity)
-    kept = scores > margin
-    result = {"gate_margin": margin, "gate_topk": cfg.get("gate_topk"), "specificity": specificity,
-              "split": items.split.iloc[0], "data_root": str(data or cfg["data_root"]),
+    scores, kind = image_scores(learn, items, bs=config.bs, progress=progress)
+    threshold = (threshold_for_specificity(scores[~infected], specificity) if specificity is not None
+                 else threshold_for_sensitivity(scores[infected], sensitivity))
+    kept = scores > threshold
+    result = {"kind": kind, ("threshold" if kind == "image_probability" else "gate_margin"): threshold,
+              "target": "specificity" if specificity is not None else "sensitivity",
+              "target_value": specificity if specificity is not None else sensitivity,
+              "split": items.split.iloc[0], "data_root": str(Path(data or cfg["data_root"]).resolve()),
               "n_empty": int((~infected).sum()), "n_infected": int(infected.sum()),
               # what the threshold gives on the calibration split itself: images left empty / kept
-              "specificity_reached": float((~kept[~infected]).mean()),
+              "specificity_reached": float((~kept[~infected]).mean()) if (~infected).any() else float("nan"),
               "sensitivity": float(kept[infected].mean()) if infected.any() else float("nan"),
               "weights": "model.pth", "created": datetime.now().isoformat(timespec="seconds")}
+    if kind == "gate_margin":
+        result["gate_topk"] = cfg.get("gate_topk")
     write_json(path, result)
     return result

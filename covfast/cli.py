@@ -122,7 +122,8 @@ ArchArg = Annotated[str, typer.Argument(
 SizeOpt = Annotated[Optional[int], typer.Option("--size", min=16, help="Image side the items are resized to. Default: img_size.", show_default=False)]
 BsOpt = Annotated[Optional[int], typer.Option("--bs", min=1, help="Batch size. Default: bs.", show_default=False)]
 ClassesOpt = Annotated[Optional[str], typer.Option(
-    "--classes", help="Comma-separated classes to train on, or 'all' (adds Normal). Default: classes (COVID-19,Non-COVID).",
+    "--classes", help="Classes to train on: 'all' (COVID-19, Non-COVID, Normal) or a comma-separated subset, e.g. "
+                      "COVID-19,Non-COVID for the reference study's setting. Default: classes (all).",
     show_default=False)]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed. Default: seed.", show_default=False)]
 PretrainedOpt = Annotated[bool, typer.Option(
@@ -168,7 +169,8 @@ def train_cmd(
     precision: PrecisionOpt = None,
     device: DeviceOpt = None,
     workers: WorkersOpt = None,
-    gate_topk: Annotated[float, typer.Option("--gate-topk", min=0.0, max=1.0, help="Outside training, call an image infected only if its top share of pixels (this share) is on average infection; 0 turns the gate off.")] = 0.02,
+    cls_weight: Annotated[float, typer.Option("--cls-weight", min=0.0, help="Weight of the image-level head's loss (BCE on 'this X-ray has COVID-19 infection'); an image the head calls negative gets an empty mask. 0: no head, segmentation alone.")] = 1.0,
+    gate_topk: Annotated[float, typer.Option("--gate-topk", min=0.0, max=1.0, help="The older pixel-evidence gate: outside training, call an image infected only if its top share of pixels (this share) is on average infection; 0 (default) turns it off.")] = 0.0,
     empty_weight: Annotated[float, typer.Option("--empty-weight", min=0.0, help="Weight of an extra image-level loss term against false positives on empty masks; 0 gives plain CE + Dice.")] = 0.0,
     dice_weight: Annotated[float, typer.Option("--dice-weight", min=0.0, help="Weight of the loss's Dice term; cross-entropy has weight 1.")] = 1.0,
     features: Annotated[Optional[str], typer.Option("--features", help="attention-unet channel widths per level, comma-separated; the count sets the depth. Default: 16,32,64,128,256 (8.35 GFLOPs per 256x256 image; 32,...,512: 33.3).", show_default=False)] = None,
@@ -189,7 +191,7 @@ def train_cmd(
     say = lambda line: typer.echo(("\n" if line.startswith("lr_find") else "") + line)  # noqa: E731
     try:
         run_dir = train(arch, data, config, name=name, pretrained=pretrained, device=device, resume=resume,
-                        empty_weight=empty_weight, dice_weight=dice_weight, gate_topk=gate_topk, augment=augment,
+                        empty_weight=empty_weight, dice_weight=dice_weight, cls_weight=cls_weight, gate_topk=gate_topk, augment=augment,
                         features=_parse_features(features, arch) if features else DEFAULT_FEATURES, say=say)
     except TrainingInterrupted as e:
         typer.echo(f"\nInterrupted after epoch {e.completed} of {e.epochs}; "
@@ -243,18 +245,32 @@ def evaluate_cmd(
     bs: BsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    allow_calibration_split: Annotated[bool, typer.Option("--allow-calibration-split", help="Score the split the run's threshold was calibrated on (its figures then flatter the run).")] = False,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Classes to score, 'all' or a comma-separated subset. Default: those the run trained on.", show_default=False)] = None,
 ) -> None:
     """Score a run's best weights on a split at the masks' resolution; write eval/<split>/ tables."""
-    from .evaluate import evaluate, reference_table
+    from .evaluate import confusion_table, evaluate, reference_table
 
     config = load_config(bs=bs, precision=precision)
-    per_image, summary, out = evaluate(run, split, data, config, device=device, progress=_progress("Scoring"))
+    from .config import parse_classes
+    per_image, summary, out = evaluate(run, split, data, config, device=device, progress=_progress("Scoring"),
+                                       allow_calibration_split=allow_calibration_split,
+                                       classes=parse_classes(classes) if classes else None)
     with_ci = summary.assign(
         dice=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.dice, summary.dice_ci_low, summary.dice_ci_high)],
         iou=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.iou, summary.iou_ci_low, summary.iou_ci_high)])
     cols = ["group", "n", "dice", "iou", "dice_pooled", "sensitivity", "specificity", "severity_mae", "severity_band_agreement"]
     typer.echo(f"{len(per_image)} {split} images; Dice and IoU are per-image means with bootstrap 95% CI\n")
     typer.echo(with_ci[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if summary.auc.notna().any():
+        aucs = summary[summary.auc.notna()]
+        typer.echo("\nImage level (is there COVID-19 infection?): ROC AUC of the head's probability, COVID-19 against\n")
+        for row in aucs.itertuples():
+            against = "every other image" if row.group == "All" else f"{row.group} images"
+            typer.echo(f"  {against:>20}: {row.auc:.4f} [{row.auc_ci_low:.3f}, {row.auc_ci_high:.3f}]")
+        from .runs import read_json
+        typer.echo(f"\nDecision per class (an outline when the probability is above {read_json(out / 'summary.json')['threshold']:.4g}):\n")
+        typer.echo(confusion_table(per_image).to_string())
     typer.echo("\nAgainst the reference study (30 epochs):\n")
     typer.echo(reference_table(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     typer.echo(f"\nWrote {out / 'per_image.csv'}, {out / 'summary.csv'}, {out / 'summary.json'}")
@@ -263,22 +279,27 @@ def evaluate_cmd(
 @app.command("calibrate")
 def calibrate_cmd(
     run: RunArg,
-    specificity: Annotated[float, typer.Option("--specificity", min=0.0, max=1.0, help="Share of empty-truth images (Non-COVID, Normal) of the split that the empty-mask gate must leave empty.")] = 0.3,
-    split: Annotated[str, typer.Option("--split", help="Split whose images set the gate: Train; never the split you evaluate.")] = "Train",
+    specificity: Annotated[Optional[float], typer.Option("--specificity", min=0.0, max=1.0, help="Target: the share of the split's empty-truth images (Non-COVID, Normal) that get an empty mask.", show_default=False)] = None,
+    sensitivity: Annotated[Optional[float], typer.Option("--sensitivity", min=0.0, max=1.0, help="Target: the share of the split's COVID-19 images that keep their outline. Default when neither is given: 0.95.", show_default=False)] = None,
+    split: Annotated[str, typer.Option("--split", help="Split whose images set the threshold: Val; never the split you report on (evaluate refuses it).")] = "Val",
     data: DataOpt = None,
     bs: BsOpt = None,
     device: DeviceOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the run's existing calibration.json.")] = False,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Set a run's empty-mask gate threshold on its training images (calibration.json); evaluate, report and predict then use it."""
+    """Choose the run's decision threshold on Val at a target sensitivity or specificity (calibration.json); evaluate, report, compare and predict then use it."""
     from .calibrate import calibrate
 
-    result = calibrate(run, specificity, split, data, load_config(bs=bs, precision=precision), device=device, force=force,
-                       progress=_progress("Scoring"))
-    typer.echo(f"gate margin {result['gate_margin']:.4f} (top {result['gate_topk']:g} of pixels) on {result['split']}: "
-               f"{result['specificity_reached']:.4f} of {result['n_empty']} empty-truth images left empty, "
-               f"{result['sensitivity']:.4f} of {result['n_infected']} infected images kept")
+    if specificity is None and sensitivity is None:
+        sensitivity = 0.95
+    result = calibrate(run, specificity, sensitivity, split, data, load_config(bs=bs, precision=precision), device=device,
+                       force=force, progress=_progress("Scoring"))
+    what = (f"threshold {result['threshold']:.4f} on the image probability" if "threshold" in result else
+            f"gate margin {result['gate_margin']:.4f} (top {result['gate_topk']:g} of pixels)")
+    typer.echo(f"{what}, chosen on {result['split']} for {result['target']} {result['target_value']:g}: "
+               f"{result['specificity_reached']:.3f} of {result['n_empty']} empty-truth images left empty, "
+               f"{result['sensitivity']:.3f} of {result['n_infected']} COVID-19 images outlined")
 
 
 @app.command("report")

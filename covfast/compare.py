@@ -58,7 +58,7 @@ def compare(
     if (out / "index.html").exists():
         raise CovfastError(f"{out} already holds a comparison; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["dice", "iou", "dice_pooled", "sensitivity", "specificity", "severity_mae"]
+    cols = ["dice", "iou", "dice_pooled", "sensitivity", "specificity", "auc", "severity_mae"]
     metrics = pd.concat([s.set_index("group")[["n", *cols]].add_prefix(f"{n}: ") for n, (_, s) in zip(names, results)], axis=1)
     metrics.to_csv(out / "metrics.csv")
     # on the page: one row per class and metric, one column per run, so the runs read side by side

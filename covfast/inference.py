@@ -22,7 +22,7 @@ from PIL import Image
 from .data import InfectionMask, inference_dataloaders, mask_pixels, xray_pixels
 from .errors import CovfastError
 from .learner import config_learner, learner_for_config, pick_device, run_config
-from .metrics import learner_gate, predicted_infection
+from .metrics import apply_decision, image_probability, learner_gate, predicted_infection
 from .precision import autocast, memory_format, resolve_precision, use_precision
 from .runs import CALIBRATION_FILE, load_weights, read_json, resolve_run
 
@@ -42,16 +42,19 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
     """A run's learner with its best weights (model.pth, weights_only), its config and its directory.
 
     Needs only the run directory: the learner carries the validation transforms, not the training
-    data. Its empty-mask gate uses the threshold of calibration.json when `covfast calibrate` wrote
-    one. `with_data=True` attaches the run's Train/Val DataLoaders instead (for `learn.show_results()`).
+    data. Its decision uses the threshold of calibration.json when `covfast calibrate` wrote one (the
+    image probability's; for a run made before the image head, its pixel-evidence gate's margin). `with_data=True` attaches the run's Train/Val DataLoaders instead (for `learn.show_results()`).
     `precision` ('auto', 'fp32' or 'bf16') is what this machine predicts in, whatever the run trained in;
     `learn.get_preds`, `show_results` and `iter_logits` all use it.
     """
     run_dir = resolve_run(run, runs_dir)
     cfg = read_json(run_dir / "config.json")
     if (run_dir / CALIBRATION_FILE).is_file():
-        cfg["calibration"] = read_json(run_dir / CALIBRATION_FILE)
-        cfg["gate_margin"] = cfg["calibration"]["gate_margin"]
+        cfg["calibration"] = calibration = read_json(run_dir / CALIBRATION_FILE)
+        if "threshold" in calibration:
+            cfg["threshold"] = calibration["threshold"]
+        elif "gate_margin" in calibration:
+            cfg["gate_margin"] = calibration["gate_margin"]
     if device is not None:
         cfg["device"] = device
     learn = (learner_for_config(cfg, pretrained=False, warn=False)[0] if with_data else inference_learner(cfg))
@@ -132,7 +135,9 @@ def iter_logits(learn: Learner, items: pd.DataFrame, bs: int | None = None, with
                 yield start + i, logits[i], (yb[i] if yb is not None else None)
 
 
-def upsample_mask(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    "Boolean mask at `size` (h, w): bilinear logits, then argmax (the metric's binarisation)."
-    up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-    return predicted_infection(up, dim=0).cpu().numpy()
+def upsample_mask(logits: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
+    """Boolean mask at `size` (h, w) from one image's logits: the segmentation channels upsampled (bilinear),
+    argmax, and emptied when the image head's probability is at or below `threshold` (`decided_infection`;
+    pass `learner_threshold(learn)`). Without the head: the argmax alone."""
+    up = F.interpolate(logits[None, :2], size=size, mode="bilinear", align_corners=False)
+    return apply_decision(predicted_infection(up), image_probability(logits[None]), threshold)[0].cpu().numpy()

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import matplotlib.pyplot as plt
 import torch
 import torchvision
 from fastai.data.core import DataLoaders
@@ -22,10 +23,10 @@ from .config import Config
 from .data import covid_dataloaders, loader_settings
 from .errors import CovfastError
 from .losses import SegLoss
-from .metrics import EmptyGate, SegmentationStats, segmentation_metrics
-from .models import DEFAULT_FEATURES, AttentionUNet, check_arch, timm_encoder
+from .metrics import EmptyGate, SegmentationStats, learner_threshold, segmentation_metrics
+from .models import DEFAULT_FEATURES, AttentionUNet, DynamicUnetWithImageHead, check_arch, timm_encoder
 
-__all__ = ["Pretrained", "probe_pretrained", "build_model", "covfast_learner", "config_learner", "run_config", "learner_for_config",
+__all__ = ["Pretrained", "probe_pretrained", "build_model", "CovfastLearner", "covfast_learner", "config_learner", "run_config", "learner_for_config",
            "pick_device"]
 
 
@@ -60,26 +61,65 @@ def probe_pretrained(arch: str) -> Pretrained:
 
 
 def build_model(arch: str, n_out: int = 2, img_size: tuple[int, int] = (256, 256), pretrained: bool = False,
-                features: tuple[int, ...] = DEFAULT_FEATURES) -> nn.Module:
+                features: tuple[int, ...] = DEFAULT_FEATURES, image_head: bool = False) -> nn.Module:
     """The segmentation model for `arch`: the one factory behind the learner, the benchmark and the tests.
 
     attention-unet -> `AttentionUNet`; resnet18/34/50/101 -> fastai's DynamicUnet on the torchvision
     encoder (as `unet_learner` builds it); timm/NAME -> DynamicUnet on the timm encoder. `img_size` is
     what DynamicUnet sizes its decoder with; `pretrained` downloads (or finds cached) ImageNet weights.
+    `image_head` adds the image-level logit (on the bottleneck, or the encoder's deepest features) as
+    output channel `n_out`.
     """
     arch = check_arch(arch)
     if arch == "attention-unet":
-        return AttentionUNet(3, n_out, features)
+        return AttentionUNet(3, n_out, features, image_head=image_head)
     if arch.startswith("timm/"):
-        return DynamicUnet(timm_encoder(arch[5:], pretrained), n_out, img_size)
-    return create_unet_model(getattr(torchvision.models, arch), n_out, img_size, pretrained=pretrained)
+        unet = DynamicUnet(timm_encoder(arch[5:], pretrained), n_out, img_size)
+    else:
+        unet = create_unet_model(getattr(torchvision.models, arch), n_out, img_size, pretrained=pretrained)
+    return DynamicUnetWithImageHead(unet) if image_head else unet
+
+
+def _unet(model: nn.Module) -> nn.Module:
+    return model.unet if isinstance(model, DynamicUnetWithImageHead) else model
 
 
 def _encoder_splitter(model: nn.Module) -> list:
-    "Two parameter groups, encoder and the rest, for discriminative learning rates (timm encoders)."
-    encoder = list(model[0].parameters())
+    "Two parameter groups, the encoder and the rest (decoder, image head), for discriminative learning rates (timm encoders)."
+    encoder = list(_unet(model)[0].parameters())
     ids = {id(p) for p in encoder}
     return [encoder, [p for p in model.parameters() if id(p) not in ids]]
+
+
+def _resnet_splitter(arch: str):
+    "fastai's own parameter groups for a torchvision ResNet U-Net (stem + first stages, later stages, decoder), the image head with the decoder."
+    split = model_meta[getattr(torchvision.models, arch)]["split"]
+
+    def splitter(model: nn.Module) -> list:
+        groups = list(split(_unet(model)))
+        if isinstance(model, DynamicUnetWithImageHead):
+            groups[-1] = [*groups[-1], *model.image_head.parameters()]
+        return groups
+    return splitter
+
+
+class CovfastLearner(Learner):
+    "A fastai Learner whose `show_results` titles each prediction with the image head's probability and decision."
+
+    def show_results(self, ds_idx: int = 1, dl=None, max_n: int = 9, shuffle: bool = True, **kwargs):
+        if dl is None:
+            dl = self.dls[ds_idx].new(shuffle=shuffle)
+        b = dl.one_batch()
+        preds, _, decoded = self.get_preds(dl=[b], with_decoded=True)
+        dl.show_results(b, decoded, max_n=max_n, **kwargs)
+        probs = self.loss_func.probability(preds) if hasattr(self.loss_func, "probability") else None
+        if probs is None:
+            return
+        threshold = learner_threshold(self)
+        # fastai lays the figure out as target | prediction pairs: title the predictions
+        shown = [ax for ax in plt.gcf().axes if ax.images]
+        for ax, p in zip(shown[1::2], probs.tolist()):
+            ax.set_title(f"p(COVID-19) {p:.2f}: {'infected' if p > threshold else 'empty mask'}", fontsize=9)
 
 
 def covfast_learner(
@@ -89,8 +129,10 @@ def covfast_learner(
     features: tuple[int, ...] = DEFAULT_FEATURES,  # attention-unet channel widths
     empty_weight: float = 0.0,  # weight of `SegLoss`'s image-level term
     dice_weight: float = 1.0,  # weight of `SegLoss`'s Dice term
-    gate_topk: float = 0.02,  # `gate_empty`'s share of pixels at inference; 0 turns the gate off
+    gate_topk: float = 0.0,  # `gate_empty`'s share of pixels at inference (runs before the image head); 0: off
     gate_margin: float = 0.0,  # `gate_empty`'s evidence threshold (`covfast calibrate` sets it)
+    cls_weight: float = 1.0,  # weight of the image head's BCE; 0 builds the model without the head
+    threshold: float = 0.5,  # the image probability at or below which a mask is empty (`covfast calibrate` sets it)
     warn: bool = True,  # print the one-line warning when pretrained weights cannot be had
 ) -> tuple[Learner, Pretrained]:
     "A Learner with covfast's loss and metrics; a pretrained encoder comes frozen (unfreeze before the main phase)."
@@ -104,16 +146,17 @@ def covfast_learner(
     else:
         status = Pretrained(False, "--no-pretrained")
     stats = SegmentationStats()
-    common = dict(loss_func=SegLoss(empty_weight=empty_weight, dice_weight=dice_weight), opt_func=Adam,
-                  cbs=[EmptyGate(gate_topk, gate_margin), stats], metrics=segmentation_metrics(stats))
+    loss = SegLoss(empty_weight=empty_weight, dice_weight=dice_weight, cls_weight=cls_weight, threshold=threshold)
+    common = dict(loss_func=loss, opt_func=Adam, cbs=[EmptyGate(gate_topk, gate_margin), stats],
+                  metrics=segmentation_metrics(stats))
+    head = cls_weight > 0
     if arch == "attention-unet":
-        learn = Learner(dls, build_model(arch, features=features), **common)
+        learn = CovfastLearner(dls, build_model(arch, features=features, image_head=head), **common)
     else:
         # DynamicUnet sizes its decoder on a batch, as fastai's unet_learner does
-        model = build_model(arch, img_size=dls.one_batch()[0].shape[-2:], pretrained=status.used)
-        # torchvision ResNets: fastai's own parameter groups (stem + first stages, later stages, decoder)
-        splitter = _encoder_splitter if arch.startswith("timm/") else model_meta[getattr(torchvision.models, arch)]["split"]
-        learn = Learner(dls, model, splitter=splitter, **common)
+        model = build_model(arch, img_size=dls.one_batch()[0].shape[-2:], pretrained=status.used, image_head=head)
+        splitter = _encoder_splitter if arch.startswith("timm/") else _resnet_splitter(arch)
+        learn = CovfastLearner(dls, model, splitter=splitter, **common)
         if status.used:
             learn.freeze()  # a pretrained encoder comes frozen, as unet_learner leaves it
     learn.covfast_arch = arch
@@ -126,7 +169,9 @@ def config_learner(dls: DataLoaders, cfg: dict[str, Any], pretrained: bool | Non
     return covfast_learner(dls, cfg["arch"], pretrained=cfg.get("pretrained", True) if pretrained is None else pretrained,
                            features=tuple(cfg.get("features") or DEFAULT_FEATURES),
                            empty_weight=cfg.get("empty_weight", 0.0), dice_weight=cfg.get("dice_weight", 1.0),
-                           gate_topk=cfg.get("gate_topk", 0.0), gate_margin=cfg.get("gate_margin", 0.0), warn=warn)
+                           gate_topk=cfg.get("gate_topk", 0.0), gate_margin=cfg.get("gate_margin", 0.0),
+                           # a run made before the image head has no cls_weight: no head, as it was trained
+                           cls_weight=cfg.get("cls_weight", 0.0), threshold=cfg.get("threshold", 0.5), warn=warn)
 
 
 def run_config(cfg: dict[str, Any]) -> Config:

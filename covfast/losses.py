@@ -1,4 +1,4 @@
-"""covfast's segmentation loss: cross-entropy + Dice, plus an image-level term for empty masks."""
+"""covfast's loss: cross-entropy + Dice on the segmentation, + BCE on the image-level logit when the model has the head."""
 
 from __future__ import annotations
 
@@ -7,30 +7,35 @@ import torch.nn.functional as F
 from fastai.losses import CrossEntropyLossFlat, DiceLoss
 from fastai.torch_core import TensorBase
 
-from .metrics import evidence_scores
+from .metrics import decided_infection, evidence_scores, image_probability
 
 __all__ = ["SegLoss"]
 
 
 class SegLoss:
-    """CrossEntropyLossFlat(axis=1) + `dice_weight` x DiceLoss(reduction='mean') + `empty_weight` x image-level BCE.
+    """CrossEntropyLossFlat(axis=1) + `dice_weight` x DiceLoss(reduction='mean') on the 2 segmentation channels,
+    + `cls_weight` x BCE on the image logit (output channel 2, when the model has the image head), whose target
+    is the mask itself: a non-empty infection mask means COVID-19.
 
-    Why the image-level term: half the images (Non-COVID) have an empty truth. On them the per-image
-    Dice loss is ~1 whatever the model predicts (its smooth is 1e-6), so it gives no gradient against
-    false positives, and pixel-wise cross-entropy barely notices a blob of a few hundred pixels.
-    The image-level term scores each image by the mean infection margin (logit 1 - logit 0) of its
-    `topk` most confident pixels and asks, with BCE, for "some infection" exactly on images whose
-    truth has some. Under argmax that is the decision "is the predicted mask empty?".
+    `threshold` is the run's decision: an image whose probability is at or below it gets an empty mask
+    (`decodes`, and through `metrics.learner_threshold` every metric and prediction path).
+
+    `empty_weight` (runs made before the image head; 0 by default) scores each image by the mean infection
+    margin of its `topk` most confident pixels and asks, with BCE, for "some infection" exactly where the
+    truth has some.
     """
 
     def __init__(
         self,
-        empty_weight: float = 0.0,  # weight of the image-level term; 0 gives plain CE + Dice
-        topk: float = 0.005,  # share of pixels whose margins score an image
+        empty_weight: float = 0.0,  # weight of the pixel-evidence image term; 0 gives plain CE + Dice
+        topk: float = 0.005,  # share of pixels whose margins score an image (the empty_weight term)
         axis: int = 1,
         dice_weight: float = 1.0,  # weight of the Dice term against cross-entropy's 1
+        cls_weight: float = 1.0,  # weight of the image head's BCE (used only when the output has the head's channel)
+        threshold: float = 0.5,  # image probability at or below which the mask is empty
     ):
         self.empty_weight, self.topk, self.axis, self.dice_weight = empty_weight, topk, axis, dice_weight
+        self.cls_weight, self.threshold = cls_weight, threshold
         self.ce = CrossEntropyLossFlat(axis=axis)
         # 'mean', not fastai's default 'sum': the loss scale must not grow with the batch size
         self.dice = DiceLoss(axis=axis, reduction="mean")
@@ -40,14 +45,30 @@ class SegLoss:
         has_infection = (targ.flatten(1) == 1).any(1).float()
         return F.binary_cross_entropy_with_logits(score, has_infection)
 
+    def head_term(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        "BCE of the image logit against 'the infection mask is not empty'."
+        logit = pred[:, 2].flatten(1).mean(1).float()
+        has_infection = (targ.flatten(1) == 1).any(1).float()
+        return F.binary_cross_entropy_with_logits(logit, has_infection)
+
     def __call__(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
-        loss = self.ce(pred, targ) + self.dice_weight * self.dice(pred, targ)
+        seg = pred[:, :2]
+        loss = self.ce(seg, targ) + self.dice_weight * self.dice(seg, targ)
         if self.empty_weight:
-            loss = loss + self.empty_weight * self.image_term(TensorBase(pred), TensorBase(targ))
+            loss = loss + self.empty_weight * self.image_term(TensorBase(seg), TensorBase(targ))
+        if pred.shape[1] > 2 and self.cls_weight:
+            loss = loss + self.cls_weight * self.head_term(TensorBase(pred), TensorBase(targ))
         return loss
 
-    def decodes(self, x: torch.Tensor) -> torch.Tensor:
-        return x.argmax(dim=self.axis)
-
     def activation(self, x: torch.Tensor) -> torch.Tensor:
-        return F.softmax(x, dim=self.axis)
+        "Softmax over the segmentation channels; the image head's channel becomes its probability."
+        seg = F.softmax(x[:, :2], dim=self.axis)
+        return seg if x.shape[1] < 3 else torch.cat([seg, torch.sigmoid(x[:, 2:3])], dim=1)
+
+    def decodes(self, x: torch.Tensor) -> torch.Tensor:
+        "The mask of the run's decision, from `activation`'s output (what `get_preds(with_decoded=True)` passes)."
+        return decided_infection(x, self.threshold, activated=True).long()
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor | None:
+        "Per image, the head's probability from `activation`'s output; None without the head."
+        return image_probability(x, activated=True)

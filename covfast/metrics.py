@@ -1,9 +1,12 @@
 """One definition of every metric, used by training logs, evaluation, reports and prediction.
 
-Truth = mask > 127 (or class index 1); prediction = argmax over the 2 output channels. Per image:
+Truth = mask > 127 (or class index 1); prediction = argmax over the 2 segmentation channels, on the
+images the image-level head calls infected (probability above the run's threshold; models without the
+head: every image). Per image:
 dice = 2|P∩G| / (|P|+|G|), iou = |P∩G| / |P∪G|, both 1 when P and G are empty. Pooled over a set:
 2ΣTP / (2ΣTP + ΣFP + ΣFN) and ΣTP / (ΣTP + ΣFP + ΣFN). Severity: infection % of lung
 = 100 |P∩L| / |L|, undefined (NaN) when the lung mask L is empty, in bands 0, <25, 25-50, 50-75, >=75.
+Image level: ROC AUC of the image probability, COVID-19 (non-empty truth) against the rest.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from fastai.learner import Metric, Recorder, ValueMetric
 
 from .config import CLASSES
 
-__all__ = ["predicted_infection", "evidence_scores", "gate_empty", "EmptyGate", "learner_gate", "confusion_counts",
+__all__ = ["predicted_infection", "image_probability", "apply_decision", "decided_infection", "learner_threshold", "roc_auc",
+           "evidence_scores", "gate_empty", "EmptyGate", "learner_gate", "confusion_counts",
            "dice_from_counts", "iou_from_counts", "pooled_dice", "pooled_iou", "infection_pct", "SEVERITY_BANDS",
            "severity_band", "SegmentationStats", "segmentation_metrics"]
 
@@ -28,6 +32,45 @@ def predicted_infection(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     (argmax took 20 ms of a 1 s attention-unet training batch at 128 px).
     """
     return logits.select(dim, 1) > logits.select(dim, 0)
+
+
+def image_probability(pred: torch.Tensor, activated: bool = False) -> torch.Tensor | None:
+    """Per image, the head's probability of COVID-19 infection (output channel 2, constant over the image);
+    None for a model without the image head. `activated`: `pred` holds probabilities already (get_preds)."""
+    if pred.shape[1] < 3:
+        return None
+    score = pred[:, 2].flatten(1).mean(1).float()
+    return score if activated else torch.sigmoid(score)
+
+
+def apply_decision(mask: torch.Tensor, prob: torch.Tensor | None, threshold: float) -> torch.Tensor:
+    "The image-level decision on (B, H, W) pixel masks: empty where the image's probability is at or below `threshold`."
+    return mask if prob is None else mask & (prob > threshold)[:, None, None]
+
+
+def decided_infection(pred: torch.Tensor, threshold: float = 0.5, activated: bool = False) -> torch.Tensor:
+    """The one decision, (B, H, W) bool: infection where channel 1 beats channel 0, on images whose probability
+    is above `threshold`; an image at or below it gets an empty mask. Without the head: the argmax alone."""
+    return apply_decision(predicted_infection(pred), image_probability(pred, activated), threshold)
+
+
+def learner_threshold(learn) -> float:
+    "The image-probability threshold of the learner's decision (its loss function holds it; 0.5 untuned)."
+    return float(getattr(learn.loss_func, "threshold", 0.5))
+
+
+def roc_auc(scores, positive) -> float:
+    "Area under the ROC curve of `scores` for the `positive` (bool) items, ties counted half; NaN without both kinds."
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    order = scores.argsort(kind="mergesort")
+    # ranks 1..n in sorted order, each group of tied scores sharing its mean rank (Mann-Whitney U)
+    _, first, count = np.unique(scores[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.repeat(first + (count + 1) / 2, count)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def evidence_scores(logits: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
@@ -139,34 +182,40 @@ class SegmentationStats(Callback):
     """Collects per-image counts of every training and validation batch, once per batch.
 
     Validation labels come from the items of the (unshuffled) validation loader by position, so
-    'COVID Dice' is the mean over COVID-19 images and 'Non-COVID Dice' over Non-COVID images.
+    'COVID Dice' is the mean over COVID-19 images and 'Non-COVID Dice' over Non-COVID images. Masks are
+    the learner's decision (`decided_infection` at `learner_threshold`); with the image head, each
+    validation image's probability is kept too, for the image-level ROC AUC.
     """
     # after_batch has the loss and the prediction; Recorder reads the epoch's values at after_epoch
     order = Recorder.order + 1
 
     def __init__(self):
-        self.train_counts, self.valid_counts, self.valid_labels = [], [], []
+        self.train_counts, self.valid_counts, self.valid_labels, self.valid_probs = [], [], [], []
 
     def before_epoch(self):
         self.train_counts = []
 
     def before_validate(self):
-        self.valid_counts, self.valid_labels, self._seen = [], [], 0
+        self.valid_counts, self.valid_labels, self.valid_probs, self._seen = [], [], [], 0
 
     def after_batch(self):
         if not len(self.yb):
             return
-        pred, truth = predicted_infection(self.pred.detach()), self.yb[0].detach()
-        counts = confusion_counts(pred, truth == 1)
+        raw, truth = self.pred.detach(), self.yb[0].detach()
+        counts = confusion_counts(decided_infection(raw, learner_threshold(self.learn)), truth == 1)
         if self.training:
             self.train_counts.append(self.learn.to_detach(counts))
             return
         codes = torch.tensor([CLASSES.index(lab) for lab in self._batch_labels(counts)], device=counts.device)
-        # one gather of counts and labels: in a distributed run every process then holds every image once
-        # (fastai's DistributedDL.to_detach drops the padding that evens out the processes' shares)
-        packed = self.learn.to_detach(torch.cat([counts, codes[:, None].to(counts.dtype)], dim=1))
-        self.valid_counts.append(packed[:, :3])
-        self.valid_labels.extend(CLASSES[i] for i in packed[:, 3].tolist())
+        prob = image_probability(raw)
+        prob = torch.full((len(counts),), float("nan"), device=counts.device) if prob is None else prob
+        # one gather of counts, labels and probabilities (float64 holds the counts exactly): in a distributed
+        # run every process then holds every image once (fastai's DistributedDL.to_detach drops the padding
+        # that evens out the processes' shares)
+        packed = self.learn.to_detach(torch.cat([counts.double(), codes[:, None].double(), prob[:, None].double()], dim=1))
+        self.valid_counts.append(packed[:, :3].long())
+        self.valid_labels.extend(CLASSES[int(i)] for i in packed[:, 3].tolist())
+        self.valid_probs.append(packed[:, 4])
         self._seen += len(counts)
 
     def _batch_labels(self, counts: torch.Tensor) -> list[str]:
@@ -194,10 +243,22 @@ class SegmentationStats(Callback):
             d = d[keep]
         return float(d.mean()) if len(d) else float("nan")
 
+    def auc(self) -> float:
+        "ROC AUC of the validation images' probabilities, COVID-19 (non-empty truth) against the rest; NaN without the head."
+        if not self.valid_probs:
+            return float("nan")
+        probs, c = torch.cat(self.valid_probs), torch.cat(self.valid_counts)
+        if torch.isnan(probs).any():
+            return float("nan")
+        return roc_auc(probs.numpy(), (c[:, 0] + c[:, 2] > 0).numpy())
+
 
 def segmentation_metrics(stats: SegmentationStats) -> list[Metric]:
-    "train Dice, valid COVID Dice, valid Non-COVID Dice, valid mean Dice (the reference's Tables II, III), read from `stats`."
+    """train Dice, valid COVID/Non-COVID/Normal Dice, valid mean Dice (the reference's Tables II, III) and the
+    image-level valid ROC AUC, read from `stats`."""
     return [ValueMetric(lambda: stats.dice(train=True), "train_dice"),
             ValueMetric(lambda: stats.dice(label="COVID-19"), "valid_dice_covid"),
             ValueMetric(lambda: stats.dice(label="Non-COVID"), "valid_dice_noncovid"),
-            ValueMetric(lambda: stats.dice(), "valid_dice_mean")]
+            ValueMetric(lambda: stats.dice(label="Normal"), "valid_dice_normal"),
+            ValueMetric(lambda: stats.dice(), "valid_dice_mean"),
+            ValueMetric(stats.auc, "valid_auc")]

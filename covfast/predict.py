@@ -13,7 +13,7 @@ from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
 from .inference import iter_logits, load_run, upsample_mask
-from .metrics import infection_pct
+from .metrics import image_probability, infection_pct, learner_threshold
 
 __all__ = ["IMAGE_SUFFIXES", "overlay", "collect_images", "predict"]
 
@@ -81,16 +81,22 @@ def predict(
             if on_error:
                 on_error(failures[-1])
     rows, taken = [], set()
+    threshold = learner_threshold(learn)
     if good:
         items = pd.DataFrame({"image": [str(f) for f in good]})
         for i, logits, _ in iter_logits(learn, items, bs=config.bs, progress=progress):
             f = good[i]
             gray = _cached_xray(str(f))
-            mask = upsample_mask(logits, gray.shape)
+            mask = upsample_mask(logits, gray.shape, threshold)
+            prob = image_probability(logits[None])
             stem = _unique_stem(f, taken)
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}.png")
             Image.fromarray(overlay(gray, mask)).save(out / "overlays" / f"{stem}.png")
-            row = {"file": str(f), "width": gray.shape[1], "height": gray.shape[0], "infected_pixels": int(mask.sum()),
+            row = {"file": str(f), "width": gray.shape[1], "height": gray.shape[0],
+                   # the image head's probability and the run's decision on it (NaN / blank for runs without the head)
+                   "p_covid": float(prob[0]) if prob is not None else float("nan"),
+                   "decision": ("" if prob is None else "COVID-19 infection" if prob[0] > threshold else "no COVID-19 infection"),
+                   "infected_pixels": int(mask.sum()),
                    "infection_pct_image": 100.0 * mask.mean(), "infection_pct_lung": float("nan"),
                    "mask": f"masks/{stem}.png", "overlay": f"overlays/{stem}.png"}
             lung_path = Path(lung_masks) / f.name if lung_masks else None
@@ -99,7 +105,7 @@ def predict(
                 if lung.shape == mask.shape:
                     row["infection_pct_lung"] = infection_pct(mask, lung)
             rows.append(row)
-    table = pd.DataFrame(rows, columns=["file", "width", "height", "infected_pixels", "infection_pct_image",
+    table = pd.DataFrame(rows, columns=["file", "width", "height", "p_covid", "decision", "infected_pixels", "infection_pct_image",
                                         "infection_pct_lung", "mask", "overlay"])
     table.to_csv(out / "predictions.csv", index=False)
     return table, failures, out

@@ -12,9 +12,9 @@ import torch
 
 from .config import Config
 from .data import read_mask, read_xray
-from .evaluate import evaluated, reference_table
+from .evaluate import confusion_table, evaluated, reference_table
 from .inference import iter_logits, load_run, upsample_mask
-from .metrics import SEVERITY_BANDS, severity_band
+from .metrics import SEVERITY_BANDS, learner_threshold, roc_auc, severity_band
 from .predict import overlay
 from .runs import read_history
 
@@ -28,9 +28,11 @@ def plot_history(history: pd.DataFrame, path: Path) -> Path:
     ax1.plot(history.epoch, history.valid_loss, "o-", label="valid loss")
     ax1.set_xlabel("epoch"), ax1.set_title("Loss"), ax1.legend()
     for col, label in [("train_dice", "train Dice"), ("valid_dice_covid", "valid COVID-19 Dice"),
-                       ("valid_dice_noncovid", "valid Non-COVID Dice"), ("valid_dice_mean", "valid mean Dice")]:
-        ax2.plot(history.epoch, history[col], "o-", label=label)
-    ax2.set_ylim(0, 1), ax2.set_xlabel("epoch"), ax2.set_title("Per-image Dice"), ax2.legend(fontsize=8)
+                       ("valid_dice_noncovid", "valid Non-COVID Dice"), ("valid_dice_normal", "valid Normal Dice"),
+                       ("valid_dice_mean", "valid mean Dice"), ("valid_auc", "valid image-level AUC")]:
+        if col in history and history[col].notna().any():
+            ax2.plot(history.epoch, history[col], "o-", label=label)
+    ax2.set_ylim(0, 1), ax2.set_xlabel("epoch"), ax2.set_title("Per-image Dice and image-level AUC"), ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -41,12 +43,13 @@ def infer_cases(learn, rows: pd.DataFrame) -> list[dict]:
     "Gray image, truth, prediction (mask resolution) and attention maps, for a few per-image rows."
     items = rows.assign(label=rows["class"]).reset_index(drop=True)
     out = []
+    threshold = learner_threshold(learn)
     for i, logits, _ in iter_logits(learn, items[["image"]], bs=8):
         row = items.iloc[i]
         gray = read_xray(row.image)
         truth_path = Path(row.image).parent.parent / "infection masks" / Path(row.image).name
         truth = read_mask(truth_path).astype(bool) if truth_path.is_file() else None
-        out.append({"row": row, "gray": gray, "truth": truth, "pred": upsample_mask(logits, gray.shape)})
+        out.append({"row": row, "gray": gray, "truth": truth, "pred": upsample_mask(logits, gray.shape, threshold)})
     if hasattr(learn.model, "forward_with_attention"):
         dl = learn.dls.test_dl(items[["image"]], bs=8)
         maps, k = [], 0
@@ -77,6 +80,28 @@ def triptych_figure(entries: list[dict], path: Path, title: str) -> Path:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def roc_figure(per_image: pd.DataFrame, threshold: float, path: Path) -> Path:
+    "ROC curves of the image head's probability, COVID-19 against each other class, with the run's operating point."
+    fig, ax = plt.subplots(figsize=(5, 5))
+    covid = per_image[per_image["class"] == "COVID-19"]
+    for label, others in per_image[per_image["class"] != "COVID-19"].groupby("class"):
+        scores = np.concatenate([covid.p_covid, others.p_covid])
+        truth = np.r_[np.ones(len(covid), bool), np.zeros(len(others), bool)]
+        cuts = np.r_[np.inf, np.unique(scores)[::-1]]
+        tpr = [(scores[truth] >= c).mean() for c in cuts]
+        fpr = [(scores[~truth] >= c).mean() for c in cuts]
+        ax.plot(fpr, tpr, label=f"COVID-19 vs {label} (AUC {roc_auc(scores, truth):.3f})")
+        ax.plot([(others.p_covid > threshold).mean()], [(covid.p_covid > threshold).mean()], "ko")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_xlabel("false positive rate (share of the class outlined)"), ax.set_ylabel("sensitivity (COVID-19 outlined)")
+    ax.set_title(f"Image level; dots: the run's threshold {threshold:.3g}", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -129,8 +154,9 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
     out.mkdir(exist_ok=True)
     sections = []
     settings = {k: cfg.get(k) for k in ("arch", "img_size", "bs", "epochs", "lr", "lr_used", "classes", "seed",
-                                        "pretrained", "pretrained_reason", "gate_topk", "gate_margin", "empty_weight",
-                                        "dice_weight", "device", "precision", "data_root", "status")}
+                                        "pretrained", "pretrained_reason", "cls_weight", "threshold", "gate_topk",
+                                        "gate_margin", "empty_weight", "dice_weight", "device", "precision", "data_root",
+                                        "status")}
     sections.append(("Settings", html_table(pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]}))))
     history = read_history(run_dir)
     if len(history):
@@ -143,6 +169,16 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
             "sensitivity", "specificity", "severity_mae", "severity_band_agreement"]
     sections.append((f"Evaluation on {split}", html_table(summary[cols]) + "<h3>Against the reference study</h3>"
                      + html_table(reference_table(summary))))
+    if "p_covid" in per_image and per_image.p_covid.notna().all():
+        threshold = learner_threshold(learn)
+        roc_figure(per_image, threshold, out / "roc.png")
+        aucs = summary[summary.auc.notna()][["group", "n", "auc", "auc_ci_low", "auc_ci_high"]]
+        sections.append(("Image level: which X-rays have COVID-19 infection",
+                         f"<p>An image gets an outline when the image head's probability is above {threshold:.4g}"
+                         f"{' (calibrated on ' + html.escape(str(cfg['calibration']['split'])) + ')' if cfg.get('calibration') else ' (not calibrated)'}; "
+                         "below it, an empty mask. AUC: telling COVID-19 from the group's images.</p>"
+                         "<img src='roc.png' alt='ROC curves'>" + html_table(aucs)
+                         + "<h3>Decision per class</h3>" + html_table(confusion_table(per_image), index=True)))
     covid = per_image[per_image["class"] == "COVID-19"].sort_values("dice")
     picks = []
     if len(covid):
@@ -150,6 +186,14 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
     fps = per_image[(per_image.tp + per_image.fn == 0) & (per_image.fp > 0)].sort_values("fp", ascending=False)
     if len(fps):
         picks.append(("Empty-truth images with the largest false positives", fps.head(3)))
+    if "p_covid" in per_image and per_image.p_covid.notna().all():
+        # the image-level decision's mistakes: the most confident false outlines, and the COVID-19 images missed
+        wrong = per_image[(per_image["class"] != "COVID-19") & ~per_image.pred_empty].sort_values("p_covid", ascending=False)
+        if len(wrong):
+            picks.append(("Most confident false positives (empty-truth images outlined)", wrong.head(3)))
+        missed = per_image[(per_image["class"] == "COVID-19") & per_image.pred_empty].sort_values("p_covid")
+        if len(missed):
+            picks.append(("Missed COVID-19 images (empty mask)", missed.head(3)))
     picks.append(("Top losses", per_image.sort_values("loss", ascending=False).head(4)))
     for i, (title, rows) in enumerate(picks):
         name = f"cases_{i}.png"

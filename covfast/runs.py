@@ -25,8 +25,8 @@ __all__ = ["HISTORY_COLUMNS", "CALIBRATION_FILE", "versions", "new_run_dir", "re
            "write_history", "atomic_save", "plain", "load_weights"]
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_dice", "valid_loss", "valid_dice_covid",
-                   "valid_dice_noncovid", "valid_dice_mean", "lr", "seconds"]
-# written by `covfast calibrate`, read by `inference.load_run`: the empty-mask gate's threshold
+                   "valid_dice_noncovid", "valid_dice_mean", "lr", "seconds", "valid_dice_normal", "valid_auc"]
+# written by `covfast calibrate`, read by `inference.load_run`: the image-level decision's threshold
 CALIBRATION_FILE = "calibration.json"
 
 
@@ -83,8 +83,9 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
+    "history.csv, with every column of HISTORY_COLUMNS (older runs lack the last ones: NaN)."
     path = Path(run_dir) / "history.csv"
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
+    return pd.read_csv(path).reindex(columns=HISTORY_COLUMNS) if path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
 
 
 def write_history(run_dir: str | Path, history: pd.DataFrame) -> None:

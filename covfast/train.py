@@ -91,7 +91,8 @@ def train(
     features: tuple[int, ...] = DEFAULT_FEATURES,  # attention-unet channel widths
     empty_weight: float = 0.0,  # weight of the loss's image-level term
     dice_weight: float = 1.0,  # weight of the loss's Dice term (cross-entropy has 1)
-    gate_topk: float = 0.02,  # inference gate: share of pixels that must, on average, be infection
+    cls_weight: float = 1.0,  # weight of the image head's BCE in the loss; 0: no image head (segmentation alone)
+    gate_topk: float = 0.0,  # pixel-evidence gate at inference (before the image head): share of pixels; 0: off
     augment: bool = True,  # `xray_augmentations` on the training batches
     cbs: list | None = None,  # extra fastai callbacks
     say: Say = _quiet,  # where progress lines go (the CLI passes its echo)
@@ -109,7 +110,7 @@ def train(
     run_device = distributed.start(device)
     cfg = {"arch": arch, **config.to_dict(), "data_root": str(resolve_root(data or config.data_path).resolve()),
            "pretrained": pretrained, "device": device or "auto", "empty_weight": empty_weight,
-           "dice_weight": dice_weight, "gate_topk": gate_topk, "augment": augment,
+           "dice_weight": dice_weight, "cls_weight": cls_weight, "gate_topk": gate_topk, "augment": augment,
            "features": list(features) if arch == "attention-unet" else None}
     learn, status = learner_for_config(cfg, device=run_device)
     run_dir = _new_run_dir(config.runs_dir, name, arch_slug(arch))

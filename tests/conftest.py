@@ -36,23 +36,31 @@ def real_root() -> Path:
     return SHARED_DATA
 
 
-def _fake_run(tmp_path, data_root, name, infection: bool):
-    "A run directory whose model predicts infection everywhere (or nowhere), whatever the image."
+def _fake_run(tmp_path, data_root, name, infection: bool, image_logit: float | None = None, threshold: float | None = None):
+    """A run directory whose model predicts infection everywhere (or nowhere), whatever the image; with
+    `image_logit`, an image head that gives every image that logit, and (`threshold`) a calibration.json."""
     run = tmp_path / "runs" / name
     run.mkdir(parents=True)
+    head = image_logit is not None
     write_json(run / "config.json", {"arch": "attention-unet", "features": [4, 8], "data_root": str(data_root),
                                      "img_size": 32, "bs": 4, "classes": ["COVID-19", "Non-COVID"], "seed": 0,
-                                     "num_workers": 0, "lr": "1e-3", "epochs": 1, "gate_topk": 0.02,
-                                     "pretrained": False, "device": "cpu"})
-    model = AttentionUNet(3, 2, (4, 8))
+                                     "num_workers": 0, "lr": "1e-3", "epochs": 1, "gate_topk": 0.0 if head else 0.02,
+                                     "cls_weight": 1.0 if head else 0.0, "pretrained": False, "device": "cpu"})
+    model = AttentionUNet(3, 2, (4, 8), image_head=head)
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.copy_(torch.tensor([-1.0, 1.0] if infection else [1.0, -1.0]))
+        if head:
+            model.image_head.fc.weight.zero_()
+            model.image_head.fc.bias.fill_(image_logit)
     torch.save(model.state_dict(), run / "model.pth")
+    if threshold is not None:
+        write_json(run / "calibration.json", {"kind": "image_probability", "threshold": threshold, "split": "Val",
+                                              "data_root": str(Path(data_root).resolve())})
     return run
 
 
 @pytest.fixture
 def fake_run():
-    "`fake_run(tmp_path, data_root, name, infection)`: a run directory whose model predicts infection everywhere (or nowhere)."
+    "`fake_run(tmp_path, data_root, name, infection, image_logit=None, threshold=None)`: see `_fake_run`."
     return _fake_run

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from covfast.calibrate import margin_for_specificity
+from covfast.calibrate import threshold_for_sensitivity, threshold_for_specificity
 from covfast.cli import app
 from covfast.errors import CovfastError
 from covfast.metrics import gate_empty
@@ -29,16 +29,53 @@ def test_gate_margin_raises_the_evidence_needed():
     assert gate_empty(logits, 0.02, margin=3.0).argmax(1).sum() == 0  # 'above the margin' is strict
 
 
-def test_margin_for_specificity_hand_cases():
+def test_threshold_for_specificity_hand_cases():
     scores = np.array([0.5, -1.0, 2.0, 3.0])  # sorted: -1, 0.5, 2, 3
-    assert margin_for_specificity(scores, 0.25) == -1.0  # empties 1 of 4
-    assert margin_for_specificity(scores, 0.3) == 0.5  # 1.2 images -> 2 must be emptied
-    assert margin_for_specificity(scores, 0.5) == 0.5
-    assert margin_for_specificity(scores, 1.0) == 3.0
+    assert threshold_for_specificity(scores, 0.25) == -1.0  # empties 1 of 4
+    assert threshold_for_specificity(scores, 0.3) == 0.5  # 1.2 images -> 2 must be emptied
+    assert threshold_for_specificity(scores, 0.5) == 0.5
+    assert threshold_for_specificity(scores, 1.0) == 3.0
     with pytest.raises(CovfastError, match="specificity"):
-        margin_for_specificity(scores, 0.0)
+        threshold_for_specificity(scores, 0.0)
     with pytest.raises(CovfastError, match="no images with an empty"):
-        margin_for_specificity(np.array([]), 0.3)
+        threshold_for_specificity(np.array([]), 0.3)
+
+
+def test_threshold_for_sensitivity_hand_cases():
+    scores = np.array([0.9, 0.2, 0.6, 0.6, 0.4])  # descending: 0.9, 0.6, 0.6, 0.4, 0.2
+    for sensitivity, kept in [(0.2, 1), (0.3, 3), (0.6, 3), (0.8, 4), (1.0, 5)]:
+        t = threshold_for_sensitivity(scores, sensitivity)
+        assert (scores > t).sum() == kept  # ties at the cut are kept together
+        assert t < np.sort(scores)[::-1][kept - 1] and (kept == 5 or t >= np.sort(scores)[::-1][kept])
+    with pytest.raises(CovfastError, match="no COVID-19 images"):
+        threshold_for_sensitivity(np.array([]), 0.9)
+
+
+def test_calibrate_picks_the_threshold_hand_made_scores_say(synth_root, tmp_path, fake_run, monkeypatch):
+    "On Val, with the image head's scores replaced by hand-made ones: the threshold and what it reaches."
+    import covfast.calibrate as calibrate_mod
+    run = fake_run(tmp_path, synth_root, "head", infection=True, image_logit=0.0)
+    # Val: 6 COVID-19 then 6 Non-COVID images (scan order); hand-made probabilities
+    hand = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.95, 0.1, 0.2, 0.4, 0.5, 0.65, 0.05])
+    seen = {}
+
+    def fake_scores(learn, items, bs=None, progress=None):
+        seen["labels"] = items.label.tolist()
+        return hand, "image_probability"
+    monkeypatch.setattr(calibrate_mod, "image_scores", fake_scores)
+    result = runner.invoke(app, ["calibrate", "head", "--specificity", "0.8"])
+    assert result.exit_code == 0, result.output
+    assert seen["labels"] == ["COVID-19"] * 6 + ["Non-COVID"] * 6
+    saved = json.loads((run / "calibration.json").read_text())
+    # empty-truth scores sorted: .05 .1 .2 .4 .5 .65; 80% of 6 -> 5 emptied -> threshold 0.5
+    assert saved["threshold"] == 0.5 and saved["split"] == "Val" and saved["kind"] == "image_probability"
+    assert saved["specificity_reached"] == pytest.approx(5 / 6) and saved["sensitivity"] == pytest.approx(5 / 6)
+    forced = runner.invoke(app, ["calibrate", "head", "--sensitivity", "1.0", "--force"])
+    assert forced.exit_code == 0, forced.output
+    saved = json.loads((run / "calibration.json").read_text())
+    assert saved["threshold"] < 0.3 and saved["sensitivity"] == 1.0 and saved["specificity_reached"] == pytest.approx(3 / 6)
+    both = runner.invoke(app, ["calibrate", "head", "--sensitivity", "0.9", "--specificity", "0.9", "--force"])
+    assert both.exit_code == 2 and "one target" in both.stderr
 
 
 def test_calibrate_writes_the_threshold_and_evaluate_uses_it(synth_root, tmp_path, fake_run):
@@ -48,13 +85,17 @@ def test_calibrate_writes_the_threshold_and_evaluate_uses_it(synth_root, tmp_pat
     result = runner.invoke(app, ["calibrate", "everywhere", "--specificity", "0.5"])
     assert result.exit_code == 0, result.output
     saved = json.loads((run / "calibration.json").read_text())
-    assert saved["gate_margin"] == pytest.approx(2.0) and saved["split"] == "Train"
+    assert saved["gate_margin"] == pytest.approx(2.0) and saved["split"] == "Val"
     assert saved["n_empty"] == 6 and saved["n_infected"] == 6
     assert saved["specificity_reached"] == 1.0 and saved["sensitivity"] == 0.0
     assert "6 empty-truth images" in result.stdout
 
-    assert runner.invoke(app, ["evaluate", "everywhere", "--split", "Val"]).exit_code == 0
-    folder = run / "eval" / "Val"
+    # the split the threshold was chosen on is refused (its scores flatter the run), unless asked for
+    refused = runner.invoke(app, ["evaluate", "everywhere", "--split", "Val"])
+    assert refused.exit_code == 2 and "calibrated on Val" in refused.stderr and "--allow-calibration-split" in refused.stderr
+    assert runner.invoke(app, ["evaluate", "everywhere", "--split", "Val", "--allow-calibration-split"]).exit_code == 0
+    assert runner.invoke(app, ["evaluate", "everywhere", "--split", "Test"]).exit_code == 0
+    folder = run / "eval" / "Test"
     summary = pd.read_csv(folder / "summary.csv").set_index("group")
     # without the calibration this run scores Non-COVID 0 (tests/test_evaluate.py); with it, all are empty
     assert summary.loc["Non-COVID", "dice"] == 1 and summary.loc["COVID-19", "sensitivity"] == 0
@@ -62,30 +103,30 @@ def test_calibrate_writes_the_threshold_and_evaluate_uses_it(synth_root, tmp_pat
 
     again = runner.invoke(app, ["calibrate", "everywhere", "--specificity", "0.2"])
     assert again.exit_code == 2 and "--force" in again.stderr
-    assert json.loads((run / "calibration.json").read_text())["specificity"] == 0.5  # untouched
+    assert json.loads((run / "calibration.json").read_text())["target_value"] == 0.5  # untouched
     forced = runner.invoke(app, ["calibrate", "everywhere", "--specificity", "0.2", "--force"])
-    assert forced.exit_code == 0 and json.loads((run / "calibration.json").read_text())["specificity"] == 0.2
+    assert forced.exit_code == 0 and json.loads((run / "calibration.json").read_text())["target_value"] == 0.2
 
 
 def test_report_after_calibrate_shows_the_new_thresholds_numbers(synth_root, tmp_path, fake_run):
     "Stored evaluation results are reused only while the weights, threshold and data root they came from hold."
     run = fake_run(tmp_path, synth_root, "everywhere", infection=True)
-    assert runner.invoke(app, ["evaluate", "everywhere", "--split", "Val"]).exit_code == 0
-    stored = json.loads((run / "eval" / "Val" / "summary.json").read_text())
+    assert runner.invoke(app, ["evaluate", "everywhere", "--split", "Test"]).exit_code == 0
+    stored = json.loads((run / "eval" / "Test" / "summary.json").read_text())
     assert stored["gate_margin"] == 0.0 and len(stored["weights_sha256"]) == 64
     assert stored["data_root"] == str(synth_root.resolve())
-    before = pd.read_csv(run / "eval" / "Val" / "summary.csv").set_index("group")
+    before = pd.read_csv(run / "eval" / "Test" / "summary.csv").set_index("group")
     assert before.loc["Non-COVID", "dice"] == 0  # uncalibrated: infection painted everywhere
     # a report now reuses the stored results: same per_image.csv, byte for byte
-    csv_before = (run / "eval" / "Val" / "per_image.csv").read_bytes()
-    assert runner.invoke(app, ["report", "everywhere", "--split", "Val"]).exit_code == 0
-    assert (run / "eval" / "Val" / "per_image.csv").read_bytes() == csv_before
+    csv_before = (run / "eval" / "Test" / "per_image.csv").read_bytes()
+    assert runner.invoke(app, ["report", "everywhere", "--split", "Test"]).exit_code == 0
+    assert (run / "eval" / "Test" / "per_image.csv").read_bytes() == csv_before
 
     assert runner.invoke(app, ["calibrate", "everywhere", "--specificity", "0.5"]).exit_code == 0
-    result = runner.invoke(app, ["report", "everywhere", "--split", "Val"])
+    result = runner.invoke(app, ["report", "everywhere", "--split", "Test"])
     assert result.exit_code == 0, result.output
-    after = pd.read_csv(run / "eval" / "Val" / "summary.csv").set_index("group")
+    after = pd.read_csv(run / "eval" / "Test" / "summary.csv").set_index("group")
     assert after.loc["Non-COVID", "dice"] == 1 and after.loc["COVID-19", "sensitivity"] == 0
-    assert json.loads((run / "eval" / "Val" / "summary.json").read_text())["gate_margin"] == pytest.approx(2.0)
+    assert json.loads((run / "eval" / "Test" / "summary.json").read_text())["gate_margin"] == pytest.approx(2.0)
     page = (run / "report" / "index.html").read_text()
     assert "2.0" in page.split("gate_margin", 1)[1][:80]  # the settings table shows the calibrated threshold

@@ -13,7 +13,9 @@ def write_ini(tmp_path, body):
 def test_packaged_defaults_when_nothing_else(tmp_path):
     cfg = load_config(tmp_path / "missing.ini", env={})
     assert cfg == Config()
-    assert cfg.img_size == 256 and cfg.epochs == 30 and cfg.classes == ("COVID-19", "Non-COVID")
+    # all three classes by default (the reference study's two are one flag away)
+    assert cfg.img_size == 256 and cfg.epochs == 30 and cfg.classes == ("COVID-19", "Non-COVID", "Normal")
+    assert cfg.precision == "auto"
 
 
 def test_precedence_flag_over_env_over_ini_over_packaged(tmp_path):

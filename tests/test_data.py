@@ -44,7 +44,7 @@ def test_synthetic_batches(synth_root):
 
 def test_real_batches(real_root):
     dls = covid_dataloaders(real_root, Config(img_size=64, bs=8), device="cpu")
-    assert len(dls.train_ds) == 810 and len(dls.valid_ds) == 699
+    assert len(dls.train_ds) == 1080 and len(dls.valid_ds) == 932  # all three classes by default
     check_batches(dls, 64, 8)
 
 

@@ -109,3 +109,24 @@ def test_severity_is_undefined_for_an_empty_lung_mask_everywhere():
     assert by.loc["COVID-19", "severity_band_agreement"] == 0.5  # 30 and 40 share 25-50; 10 and 30 do not
     assert by.loc["COVID-19", "dice"] == pytest.approx(0.5) and by.loc["COVID-19", "n"] == 3
     assert severity_band([30.0, 40.0]).tolist() == [2, 2]
+
+
+def test_roc_auc_hand_cases():
+    from covfast.metrics import roc_auc
+    # positives 0.35, 0.8 against negatives 0.1, 0.4: of 4 pairs, 3 ranked right
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert roc_auc([0.2, 0.2, 0.9], [0, 1, 1]) == 0.75  # a tie counts half
+    assert roc_auc([1, 1, 1, 1], [0, 1, 0, 1]) == 0.5
+    assert np.isnan(roc_auc([0.1, 0.2], [1, 1]))  # one kind only
+
+
+def test_roc_auc_is_the_share_of_rightly_ranked_pairs_with_many_ties():
+    "Against the definition itself: over every (COVID-19, other) pair, 1 when ranked right, 1/2 when tied."
+    from covfast.metrics import roc_auc
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scores, positive = rng.integers(0, 4, 20).astype(float), rng.random(20) < 0.4
+        if positive.all() or not positive.any():
+            continue
+        pairs = [(a > b) + 0.5 * (a == b) for a in scores[positive] for b in scores[~positive]]
+        assert roc_auc(scores, positive) == pytest.approx(np.mean(pairs))

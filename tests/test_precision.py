@@ -107,3 +107,17 @@ def test_bf16_logits_stay_close_to_fp32_logits():
     diff = (fast - ref).abs()
     assert diff.mean() < 0.05 * ref.std() and diff.max() < 0.10 * ref.abs().max(), (diff.mean(), diff.max())
     assert diff.max() > 0  # bf16 did run: the numbers are not fp32's
+
+
+def test_the_image_head_decides_in_fp32_under_bf16_autocast():
+    "The segmentation runs in bf16; the image logit is computed and returned in fp32 (no bf16 rounding of the decision)."
+    torch.manual_seed(0)
+    model = AttentionUNet(3, 2, (8, 16), image_head=True).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        bottleneck = model.encoder[1](model.pool(model.encoder[0](x)))
+    assert out.dtype == torch.float32
+    with torch.no_grad():
+        expected = model.image_head(bottleneck)  # fp32 head on the (bf16-computed) features
+    assert torch.equal(out[:, 2, 0, 0], expected)

@@ -14,7 +14,7 @@ runner = CliRunner()
 def test_report_links_only_existing_files(synth_root, tmp_path, monkeypatch, fake_run):
     monkeypatch.chdir(tmp_path)
     run = fake_run(tmp_path, synth_root, "everywhere", infection=True)
-    pd.DataFrame([[1, 1.0, 0.2, 0.9, 0.3, 0.5, 0.4, 1e-3, 3.0], [2, 0.8, 0.3, 0.8, 0.4, 0.6, 0.5, 1e-5, 3.0]],
+    pd.DataFrame([[1, 1.0, 0.2, 0.9, 0.3, 0.5, 0.4, 1e-3, 3.0, 0.6, 0.7], [2, 0.8, 0.3, 0.8, 0.4, 0.6, 0.5, 1e-5, 3.0, 0.7, 0.8]],
                  columns=HISTORY_COLUMNS).to_csv(run / "history.csv", index=False)
     result = runner.invoke(app, ["report", "everywhere", "--split", "Test"])
     assert result.exit_code == 0, result.output

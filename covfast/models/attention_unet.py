@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .image_head import ImageHead, with_image_logit
+
 __all__ = ["ConvBlock", "UpConv", "AttentionGate", "AttentionUNet", "DEFAULT_FEATURES"]
 
 # Channel widths per level, finest first: 2.18 M parameters, 8.35 GFLOPs per 256x256 image forward
@@ -52,13 +54,15 @@ class AttentionGate(nn.Module):
 
 
 class AttentionUNet(nn.Module):
-    "Encoder of conv blocks, attention-gated skips, decoder on the gated features, 1x1 head with `n_out` logits."
+    """Encoder of conv blocks, attention-gated skips, decoder on the gated features, 1x1 head with `n_out` logits;
+    with `image_head`, one more output channel holds the image-level logit (`with_image_logit`)."""
 
     def __init__(
         self,
         in_channels: int = 3,  # X-rays are read as 3-channel images
         n_out: int = 2,  # logits: background, infection
         features: tuple[int, ...] = DEFAULT_FEATURES,  # channel widths per level, finest first; depth = len(features)
+        image_head: bool = False,  # add the image-level logit (on the bottleneck) as output channel n_out
     ):
         super().__init__()
         if len(features) < 2 or any(f < 1 for f in features):
@@ -72,6 +76,7 @@ class AttentionUNet(nn.Module):
         self.gates = nn.ModuleList([AttentionGate(b, b, max(b // 2, 1)) for b in deep[1:]])
         self.decoder = nn.ModuleList([ConvBlock(2 * b, b) for b in deep[1:]])
         self.head = nn.Conv2d(features[0], n_out, 1)
+        self.image_head = ImageHead(features[-1]) if image_head else None
 
     @property
     def multiple(self) -> int:
@@ -79,7 +84,7 @@ class AttentionUNet(nn.Module):
         return 2 ** (len(self.features) - 1)
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        "Logits (B, n_out, H, W) and every gate's attention map (B, 1, h, w) at its (padded) skip's size, coarsest first."
+        "Logits (B, n_out (+1 with the image head), H, W) and every gate's attention map (B, 1, h, w) at its (padded) skip's size, coarsest first."
         h, w = x.shape[-2:]
         m = self.multiple
         pad_h, pad_w = (-h) % m, (-w) % m
@@ -89,6 +94,7 @@ class AttentionUNet(nn.Module):
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else self.pool(x))
             skips.append(x)
+        image_logit = self.image_head(x) if self.image_head is not None else None  # x: the bottleneck
         maps = []
         for up, gate, block, skip in zip(self.ups, self.gates, self.decoder, reversed(skips[:-1])):
             g = up(x)
@@ -96,6 +102,8 @@ class AttentionUNet(nn.Module):
             maps.append(alpha)
             x = block(torch.cat([gated, g], dim=1))
         out = self.head(x)[..., :h, :w]
+        if image_logit is not None:
+            out = with_image_logit(out, image_logit)
         return out, maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
