@@ -46,25 +46,28 @@ def image_scores(learn, items: pd.DataFrame, bs: int | None = None, progress=Non
     return scores, kind
 
 
+def _ordered(scores: np.ndarray, share: float, option: str, none_left: str) -> tuple[np.ndarray, int]:
+    "The scores sorted ascending and how many of them `share` asks for (at least that share, rounded up)."
+    if not 0 < share <= 1:
+        raise CovfastError(f"{option} must be in (0, 1], got {share}")
+    if len(scores) == 0:
+        raise CovfastError(none_left)
+    return np.sort(np.asarray(scores, dtype=float)), math.ceil(share * len(scores) - 1e-9)
+
+
 def threshold_for_specificity(empty_scores: np.ndarray, specificity: float) -> float:
     "The smallest threshold that empties (score <= threshold) at least `specificity` of these empty-truth images."
-    if not 0 < specificity <= 1:
-        raise CovfastError(f"--specificity must be in (0, 1], got {specificity}")
-    if len(empty_scores) == 0:
-        raise CovfastError("no images with an empty infection mask to calibrate on; use a split with Non-COVID or Normal images")
-    ordered = np.sort(np.asarray(empty_scores, dtype=float))
-    return float(ordered[math.ceil(specificity * len(ordered) - 1e-9) - 1])
+    ordered, k = _ordered(empty_scores, specificity, "--specificity",
+                          "no images with an empty infection mask to calibrate on; use a split with Non-COVID or Normal images")
+    return float(ordered[k - 1])
 
 
 def threshold_for_sensitivity(infected_scores: np.ndarray, sensitivity: float) -> float:
     "The largest threshold that keeps (score > threshold) at least `sensitivity` of these infected images."
-    if not 0 < sensitivity <= 1:
-        raise CovfastError(f"--sensitivity must be in (0, 1], got {sensitivity}")
-    if len(infected_scores) == 0:
-        raise CovfastError("no COVID-19 images to calibrate on; use a split with COVID-19 images")
-    ordered = np.sort(np.asarray(infected_scores, dtype=float))[::-1]
-    kth = ordered[math.ceil(sensitivity * len(ordered) - 1e-9) - 1]
-    return float(np.nextafter(kth, -np.inf))  # just below the k-th highest: it and every higher one are kept
+    ordered, k = _ordered(infected_scores, sensitivity, "--sensitivity",
+                          "no COVID-19 images to calibrate on; use a split with COVID-19 images")
+    kth_highest = ordered[::-1][k - 1]
+    return float(np.nextafter(kth_highest, -np.inf))  # just below it: it and every higher score are kept
 
 
 def calibrate(

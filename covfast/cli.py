@@ -86,6 +86,7 @@ def data_summary(data: DataOpt = None) -> None:
     table = dataset_summary(scan_tree(root))
     typer.echo(f"COVID-QU-Ex infection segmentation data in {resolve_root(root)}\n")
     typer.echo(table.to_string())
+    _note_absent_splits(root)
 
 
 @data_app.command("check")
@@ -99,6 +100,15 @@ def data_check(data: DataOpt = None) -> None:
     if problems:
         raise CovfastError(format_problems(problems))
     typer.echo(f"OK: opened {n_files} files ({len(df)} images with infection and lung masks); no problems found.")
+    _note_absent_splits(root)
+
+
+def _note_absent_splits(root) -> None:
+    from .dataset import SPLITS, present_splits
+    absent = [s for s in SPLITS if s not in present_splits(root)]
+    if absent:
+        typer.echo(f"Note: no {', '.join(absent)} folder here; checked {', '.join(present_splits(root))} "
+                   f"(training needs Train and Val; evaluate needs the split it scores).")
 
 
 @app.command("synth")
@@ -184,6 +194,12 @@ def train_cmd(
     config = load_config(data_path=data, epochs=epochs, lr=lr, bs=bs, img_size=size, classes=classes, seed=seed,
                          num_workers=workers, precision=precision if fp16 else "fp32")
     if resume is not None:
+        given = [flag for flag, value in [("--data", data), ("--epochs", epochs), ("--lr", lr), ("--bs", bs), ("--size", size),
+                                          ("--classes", classes), ("--seed", seed), ("--name", name), ("--features", features)]
+                 if value is not None]
+        if given:
+            raise CovfastError(f"--resume continues {resume} with its own settings (config.json); {', '.join(given)} "
+                               f"cannot change them: leave {'it' if len(given) == 1 else 'them'} out, or train a new run")
         run_arch = read_json(resolve_run(resume, config.runs_dir) / "config.json").get("arch")
         if run_arch != check_arch(arch):
             raise CovfastError(f"run {resume} trained {run_arch}, not {arch}; use covfast train {run_arch} --resume {resume}")
@@ -306,13 +322,14 @@ def calibrate_cmd(
 def report_cmd(
     run: RunArg,
     split: SplitOpt = "Test",
+    data: DataOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
 ) -> None:
     """Write an interpretation report (report/index.html with PNG figures) for a run; evaluates first if needed."""
     from .report import report
 
-    path = report(run, split, load_config(precision=precision), device=device, progress=_progress("Scoring"))
+    path = report(run, split, load_config(precision=precision), device=device, progress=_progress("Scoring"), data=data)
     typer.echo(f"Report: {path}")
 
 
@@ -349,8 +366,13 @@ def predict_cmd(
     table, failures, folder = predict(run, paths, out, lung_masks, config, device=device,
                                       progress=_progress("Predicting"), on_error=report)
     typer.echo(f"Wrote {len(table)} masks and overlays, and predictions.csv, to {folder}")
+    lung = sum("lung mask not used" in f for f in failures)
+    if len(failures) - lung:
+        typer.echo(f"covfast: {len(failures) - lung} of {len(failures) - lung + len(table)} files could not be read "
+                   f"(listed above)", err=True)
+    if lung:
+        typer.echo(f"covfast: {lung} lung masks could not be used (listed above)", err=True)
     if failures:
-        typer.echo(f"covfast: {len(failures)} of {len(failures) + len(table)} files could not be read (listed above)", err=True)
         raise typer.Exit(1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Mapping
 
 from .errors import CovfastError
 
-__all__ = ["CLASSES", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
+__all__ = ["CLASSES", "MINIMUMS", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
 
 # The three class folders of COVID-QU-Ex, in the dataset's order.
 CLASSES: tuple[str, ...] = ("COVID-19", "Non-COVID", "Normal")
@@ -71,9 +72,14 @@ def parse_lr(value: str | float) -> float | None:
         lr = float(value)
     except ValueError:
         raise CovfastError(f"learning rate {value!r} is neither a number nor 'auto'") from None
-    if not lr > 0:
-        raise CovfastError(f"learning rate {value!r} must be positive")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise CovfastError(f"learning rate {value!r} must be a positive finite number (e.g. 1e-3), or 'auto'")
     return lr
+
+
+# The smallest value of each integer setting, the same for a flag, COVFAST_* and settings.ini
+# (img_size: the Attention U-Net's four poolings need 16 px).
+MINIMUMS: dict[str, int] = {"img_size": 16, "bs": 1, "epochs": 1, "num_workers": 0, "seed": 0}
 
 
 def _convert(name: str, raw: str, source: str) -> Any:
@@ -82,8 +88,8 @@ def _convert(name: str, raw: str, source: str) -> Any:
     try:
         if kind == "int":
             value = int(raw)
-            if value < 0 or (value == 0 and name in ("img_size", "bs", "epochs")):
-                raise ValueError
+            if value < MINIMUMS.get(name, 0):
+                raise CovfastError(f"{name}={raw!r} must be an integer >= {MINIMUMS.get(name, 0)}")
             return value
         if name == "classes":
             return parse_classes(raw)

@@ -188,7 +188,8 @@ def covid_dataloaders(
 ) -> DataLoaders:
     "Train/Val `DataLoaders` for a COVID-QU-Ex tree with the run defaults of `config`."
     config = config or Config()
-    items = training_items(scan_tree(root if root is not None else config.data_path), config.classes)
+    items = training_items(scan_tree(root if root is not None else config.data_path, ("Train", "Val"), config.classes),
+                           config.classes)
     dblock = covid_datablock(config.img_size, augment=augment)
     return dblock.dataloaders(items, bs=config.bs, num_workers=config.num_workers, **kwargs)
 

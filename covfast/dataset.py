@@ -13,7 +13,7 @@ from PIL import Image
 from .config import CLASSES
 from .errors import CovfastError, format_problems
 
-__all__ = ["SPLITS", "SUBDIRS", "DATASET_DIR", "resolve_root", "scan_tree", "find_problems",
+__all__ = ["SPLITS", "SUBDIRS", "DATASET_DIR", "resolve_root", "present_splits", "scan_tree", "find_problems",
            "dataset_summary", "check_tree", "read_png"]
 
 SPLITS: tuple[str, ...] = ("Train", "Val", "Test")
@@ -26,6 +26,8 @@ COLUMNS = ["image", "infection_mask", "lung_mask", "split", "label", "name"]
 def resolve_root(root: str | Path) -> Path:
     "The folder whose children are the split folders, from any of the three accepted root forms."
     root = Path(root).expanduser()
+    if root.is_file():
+        raise CovfastError(f"data root {root} is a file, not a folder; pass --data with the folder that holds '{DATASET_DIR}'")
     if not root.is_dir():
         raise CovfastError(f"data root {root} does not exist; pass --data with the folder that holds '{DATASET_DIR}'")
     if (root / DATASET_DIR).is_dir():
@@ -72,17 +74,35 @@ def _pngs(folder: Path, problems: list[str]) -> dict[str, Path]:
     return out
 
 
-def find_problems(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    "Scan the tree without opening files: the paired items found, and every structural problem."
+def present_splits(root: str | Path) -> tuple[str, ...]:
+    "The split folders (Train, Val, Test, any case) that the tree at `root` holds."
+    base = resolve_root(root)
+    return tuple(s for s in SPLITS if _find(base, s, case_insensitive=True) is not None)
+
+
+def find_problems(root: str | Path, splits: Iterable[str] | None = None,
+                  classes: Iterable[str] = CLASSES) -> tuple[pd.DataFrame, list[str]]:
+    """Scan the tree without opening files: the paired items found, and every structural problem.
+
+    Only `splits` (default: the split folders present; none is a problem) and `classes` are looked at,
+    so a labelled set holding just a Test folder can be scored, and training needs only Train and Val."""
     base = resolve_root(root)
     problems: list[str] = []
     rows = []
-    for split in SPLITS:
+    if splits is None:
+        splits = present_splits(base)
+        stray = sorted(n for n in _dirs(base) if n.lower() not in {s.lower() for s in SPLITS})
+        if stray:  # most likely a misnamed split: say so rather than skip it
+            problems.append(f"unexpected folder {base / stray[0]}: split folders are named Train, Val and Test; rename it"
+                            + (f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""))
+        elif not splits:
+            problems.append(f"no Train, Val or Test folder in {base}")
+    for split in splits:
         split_dir = _find(base, split, case_insensitive=True)
         if split_dir is None:
             problems.append(_missing(base, split, "split", SPLITS))
             continue
-        for label in CLASSES:
+        for label in classes:
             class_dir = _find(split_dir, label)
             if class_dir is None:
                 problems.append(_missing(split_dir, label, "class", CLASSES))
@@ -110,9 +130,10 @@ def find_problems(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=COLUMNS), problems
 
 
-def scan_tree(root: str | Path) -> pd.DataFrame:
-    "One row per image (image, infection_mask, lung_mask, split, label, name); raises on any structural problem."
-    df, problems = find_problems(root)
+def scan_tree(root: str | Path, splits: Iterable[str] | None = None, classes: Iterable[str] = CLASSES) -> pd.DataFrame:
+    """One row per image (image, infection_mask, lung_mask, split, label, name) of `splits` (default: those
+    present) and `classes`; raises on any structural problem there."""
+    df, problems = find_problems(root, splits, classes)
     if problems:
         raise CovfastError(format_problems(problems))
     return df
@@ -127,8 +148,10 @@ def dataset_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_png(path: str | Path) -> np.ndarray:
-    "Decode a PNG fully (a truncated file fails here, not later) as a uint8 or uint16 array."
+    "Decode a PNG fully (a truncated file fails here, not later) as a uint8 or uint16 array; another format is an error."
     with Image.open(path) as im:
+        if im.format != "PNG":
+            raise ValueError(f"it is a {im.format} file named .png; convert it to PNG")
         im.load()
         return np.asarray(im)
 
@@ -163,9 +186,11 @@ def check_tree(
     root: str | Path,
     progress: Callable[[Iterable, int], Iterable] | None = None,  # wraps the item iterator, e.g. a progress bar
     threads: int = 4,  # PNG decoding releases the GIL
+    splits: Iterable[str] | None = None,  # default: the split folders present
+    classes: Iterable[str] = CLASSES,
 ) -> tuple[pd.DataFrame, list[str]]:
-    "Open every file of the tree: structural and per-file problems, and the items found."
-    df, problems = find_problems(root)
+    "Open every file of `splits` x `classes`: structural and per-file problems, and the items found."
+    df, problems = find_problems(root, splits, classes)
     rows = df.to_dict("records")
     with ThreadPoolExecutor(threads) as pool:
         results = pool.map(_check_item, rows)

@@ -34,7 +34,7 @@ def split_items(root: str | Path, split: str, classes: tuple[str, ...]) -> pd.Da
     if name is None:
         raise CovfastError(f"unknown split {split!r}; use Train, Val or Test")
     split = name
-    df = scan_tree(root)
+    df = scan_tree(root, (split,), classes)  # the other splits may be absent: an external labelled Test set
     items = df[(df.split == split) & df.label.isin(classes)].reset_index(drop=True)
     if items.empty:
         raise CovfastError(f"no {split} images of classes {', '.join(classes)} under {root}")

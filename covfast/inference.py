@@ -24,7 +24,7 @@ from .errors import CovfastError
 from .learner import config_learner, learner_for_config, pick_device, run_config
 from .metrics import apply_decision, image_probability, learner_gate, predicted_infection
 from .precision import autocast, memory_format, resolve_precision, use_precision
-from .runs import CALIBRATION_FILE, load_weights, read_json, resolve_run
+from .runs import CALIBRATION_FILE, load_model_weights, load_weights, read_json, read_run_config, resolve_run
 
 __all__ = ["inference_learner", "load_run", "validation_batch", "iter_logits", "upsample_mask"]
 
@@ -48,7 +48,7 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
     `learn.get_preds`, `show_results` and `iter_logits` all use it.
     """
     run_dir = resolve_run(run, runs_dir)
-    cfg = read_json(run_dir / "config.json")
+    cfg = read_run_config(run_dir)
     if (run_dir / CALIBRATION_FILE).is_file():
         cfg["calibration"] = calibration = read_json(run_dir / CALIBRATION_FILE)
         if "threshold" in calibration:
@@ -58,7 +58,7 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
     if device is not None:
         cfg["device"] = device
     learn = (learner_for_config(cfg, pretrained=False, warn=False)[0] if with_data else inference_learner(cfg))
-    learn.model.load_state_dict(load_weights(run_dir / "model.pth", map_location=learn.dls.device))
+    load_model_weights(learn.model, load_weights(run_dir / "model.pth", map_location=learn.dls.device), run_dir / "model.pth")
     learn.model.to(learn.dls.device).eval()  # fastai moves the model only when fitting; prediction feeds it directly
     use_precision(learn, resolve_precision(precision, learn.dls.device))
     learn.path = run_dir

@@ -197,9 +197,11 @@ def learner_for_config(cfg: dict[str, Any], pretrained: bool | None = None, warn
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    "'cpu', 'cuda' or None/'auto' (CUDA when present)."
+    "'cpu', 'cuda' (or 'cuda:N') or None/'auto' (CUDA when present)."
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
+    if str(device).split(":")[0] not in ("cpu", "cuda"):
+        raise CovfastError(f"--device {device!r} is not a device covfast runs on; use cpu or cuda (or cuda:N)")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise CovfastError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
     return torch.device(device)

@@ -65,6 +65,10 @@ def predict(
     "Masks (0/255, input resolution), overlays and predictions.csv for new X-rays; failures are reported, not fatal."
     config = config or Config()
     files = collect_images(paths)
+    if lung_masks is not None and not Path(lung_masks).is_dir():
+        raise CovfastError(f"--lung-masks {lung_masks} is not a folder; pass the folder of 0/255 lung masks named like the images")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise CovfastError(f"--out {out} is a file; pass a folder (new, or without predictions.csv)")
     learn, cfg, run_dir = load_run(run, config.runs_dir, device, precision=config.precision)
     out = Path(out) if out else run_dir / "predictions" / f"{datetime.now():%Y%m%d-%H%M%S}"
     if (out / "predictions.csv").exists():
@@ -101,9 +105,16 @@ def predict(
                    "mask": f"masks/{stem}.png", "overlay": f"overlays/{stem}.png"}
             lung_path = Path(lung_masks) / f.name if lung_masks else None
             if lung_path is not None and lung_path.is_file():
-                lung = read_mask(lung_path).astype(bool)
-                if lung.shape == mask.shape:
+                try:
+                    lung = read_mask(lung_path).astype(bool)
+                    if lung.shape != mask.shape:
+                        raise ValueError(f"{lung.shape[1]}x{lung.shape[0]} against the X-ray's {mask.shape[1]}x{mask.shape[0]}")
                     row["infection_pct_lung"] = infection_pct(mask, lung)
+                except Exception as e:  # the prediction stands; only its % of lung is missing
+                    reason = str(e).split(" besides")[0] if isinstance(e, CovfastError) else f"{e.__class__.__name__}: {str(e)[:100]}"
+                    failures.append(f"{lung_path}: lung mask not used ({reason}); infection % of lung left empty")
+                    if on_error:
+                        on_error(failures[-1])
             rows.append(row)
     table = pd.DataFrame(rows, columns=["file", "width", "height", "p_covid", "decision", "infected_pixels", "infection_pct_image",
                                         "infection_pct_lung", "mask", "overlay"])

@@ -144,11 +144,11 @@ def html_page(title: str, sections: list[tuple[str, str]]) -> str:
 
 
 def report(run: str | Path, split: str = "Test", config: Config | None = None, device: str | None = None,
-           progress=None) -> Path:
-    "Write <run>/report/index.html with its PNGs; evaluates the split first unless its results are current."
+           progress=None, data: str | Path | None = None) -> Path:
+    "Write <run>/report/index.html with its PNGs; evaluates the split (of `data`, default the run's own) first unless its results are current."
     config = config or Config()
     learn, cfg, run_dir = load_run(run, config.runs_dir, device, precision=config.precision)
-    per_image, summary, folder = evaluated(run_dir, split, config=config, device=device, progress=progress)
+    per_image, summary, folder = evaluated(run_dir, split, data, config=config, device=device, progress=progress)
     split = folder.name
     out = run_dir / "report"
     out.mkdir(exist_ok=True)

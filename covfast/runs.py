@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
@@ -21,7 +22,8 @@ import torchvision
 from . import __version__
 from .errors import CovfastError
 
-__all__ = ["HISTORY_COLUMNS", "CALIBRATION_FILE", "versions", "new_run_dir", "resolve_run", "write_json", "read_json", "read_history",
+__all__ = ["HISTORY_COLUMNS", "CALIBRATION_FILE", "REQUIRED_CONFIG", "versions", "RunLock", "new_run_dir",
+           "read_run_config", "finite_weights", "load_model_weights", "resolve_run", "write_json", "read_json", "read_history",
            "write_history", "atomic_save", "plain", "load_weights"]
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_dice", "valid_loss", "valid_dice_covid",
@@ -42,12 +44,53 @@ def new_run_dir(runs_dir: str | Path, name: str | None, arch_slug: str) -> Path:
     if not name or "/" in name or name in (".", ".."):
         raise CovfastError(f"run name {name!r} must be a plain folder name")
     path = Path(runs_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise CovfastError(f"runs_dir {path.parent} is a file, not a folder; set runs_dir (settings.ini, "
+                           f"COVFAST_RUNS_DIR) to a folder")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir()
     except FileExistsError:
         raise CovfastError(f"run directory {path} already exists; choose another --name, or --resume it") from None
+    except OSError as e:
+        raise CovfastError(f"cannot create run directory {path}: {e.strerror}; check runs_dir") from None
     return path
+
+
+class RunLock:
+    """One writer per run directory: an OS-level lock (`fcntl.flock`) on `<run>/.lock`, held for the life
+    of a training process and released by the OS when it ends, however it ends (a crash or a kill leaves
+    no stale lock). The file records the holder's process id for the error a second writer gets."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise CovfastError(f"run {self.path.parent} is being written by process {holder}; wait for it to end "
+                               f"(or stop it) before resuming, or train under another --name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
@@ -65,10 +108,17 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; run files get the user's umask like any other file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
@@ -101,13 +151,48 @@ def plain(obj: Any) -> Any:
     "Tensors, numbers, strings and plain containers only, so the file loads with weights_only=True."
     if isinstance(obj, np.generic):  # numpy scalars from fastai's schedules (np.float64 is also a float)
         return obj.item()
-    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)):
+    if isinstance(obj, torch.Tensor):  # fastai's TensorBase subclasses would need unpickling: store plain tensors
+        return obj.detach().as_subclass(torch.Tensor) if type(obj) is not torch.Tensor else obj
+    if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, dict):
         return {plain(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)) or type(obj).__name__ == "L":  # fastcore's L holds fastai's hypers
         return [plain(v) for v in obj]
     raise TypeError(f"cannot store {type(obj).__name__} in a weights-only file")
+
+
+# what a run's config.json must hold for covfast to rebuild its learner
+REQUIRED_CONFIG = ("arch", "img_size", "bs", "classes", "data_root", "epochs")
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    "A run's config.json, checked for the settings covfast rebuilds the run from."
+    path = Path(run_dir) / "config.json"
+    cfg = read_json(path)
+    missing = [k for k in REQUIRED_CONFIG if k not in cfg] if isinstance(cfg, dict) else list(REQUIRED_CONFIG)
+    if missing:
+        raise CovfastError(f"{path} lacks {', '.join(missing)}: it was not written by covfast train or was edited; "
+                           f"restore it from a backup or train the run again")
+    return cfg
+
+
+def finite_weights(state_dict: dict[str, torch.Tensor]) -> bool:
+    "Whether every floating-point tensor of a state_dict is finite (no NaN, no inf)."
+    return all(bool(torch.isfinite(t).all()) for t in state_dict.values() if t.is_floating_point())
+
+
+def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    "Load weights read from `path` into `model`; non-finite weights, or weights of another shape of model, are refused in one line."
+    if not finite_weights(state_dict):
+        raise CovfastError(f"{path} holds non-finite weights (NaN or inf): the run diverged; train it again with a lower --lr")
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else "mismatch"
+        n = str(e).count("size mismatch") + str(e).count("Missing key") + str(e).count("Unexpected key")
+        raise CovfastError(f"{path} does not fit the model its config.json describes ({first[:100]}; {n} problem(s)): "
+                           f"the weights or config.json (arch, features, cls_weight) were changed by hand") from None
 
 
 def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -16,22 +17,27 @@ from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.learner import Learner
 
 from . import distributed
-from .callbacks import RunDirCallback
+from .callbacks import RunDiverged, RunDirCallback, restore_random_states
 from .config import Config, parse_lr
-from .dataset import resolve_root
-from .errors import CovfastError
-from .learner import learner_for_config
-from .precision import resolve_precision, use_precision
+from .dataset import check_tree, resolve_root
+from .errors import CovfastError, format_problems
+from .learner import learner_for_config, pick_device
 from .models import DEFAULT_FEATURES, arch_slug, check_arch
-from .runs import load_weights, new_run_dir, read_history, read_json, resolve_run, versions, write_json
+from .precision import resolve_precision, use_precision
+from .runs import (RunLock, load_model_weights, load_weights, new_run_dir, read_history, read_run_config, resolve_run,
+                   versions, write_history, write_json)
 
-__all__ = ["TrainingInterrupted", "train", "find_lr"]
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "check_training_data", "train", "find_lr"]
 
 Say = Callable[[str], None]
 
 
 def _quiet(line: str) -> None:
     "The default `say`: a library call prints nothing of its own (fastai's progress bars aside)."
+
+
+class TrainingDiverged(CovfastError):
+    "The loss or the weights of a run stopped being finite; config.json says 'diverged' and when."
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -107,16 +113,33 @@ def train(
     lr = parse_lr(config.lr)  # fail on a bad --lr before any work
     if lr is None and distributed.world_size() > 1:  # each process's lr_find would pick its own rate
         raise CovfastError("--lr auto is not available in a distributed run; run `covfast lr-find` first and pass --lr")
+    pick_device(device)  # an unknown device fails here, in one line
+    root = resolve_root(data or config.data_path).resolve()
+    check_training_data(root, config.classes, config.bs)  # before any epoch: a bad Val file must not wait for one
     run_device = distributed.start(device)
-    cfg = {"arch": arch, **config.to_dict(), "data_root": str(resolve_root(data or config.data_path).resolve()),
+    cfg = {"arch": arch, **config.to_dict(), "data_root": str(root),
            "pretrained": pretrained, "device": device or "auto", "empty_weight": empty_weight,
            "dice_weight": dice_weight, "cls_weight": cls_weight, "gate_topk": gate_topk, "augment": augment,
            "features": list(features) if arch == "attention-unet" else None}
     learn, status = learner_for_config(cfg, device=run_device)
     run_dir = _new_run_dir(config.runs_dir, name, arch_slug(arch))
+    try:
+        return _start(learn, status, run_dir, cfg, config, lr, cbs, say)
+    except TrainingDiverged:
+        raise  # its run directory says "diverged", and when
+    except Exception:
+        # a run that failed before its first epoch holds nothing to resume: leave no directory blocking its name
+        if distributed.is_main() and read_history(run_dir).empty:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _start(learn: Learner, status, run_dir: Path, cfg: dict[str, Any], config: Config, lr: float | None,
+           cbs: list | None, say: Say) -> Path:
+    "A new run's config.json, its lr_find when --lr auto, then its one-cycle fit."
     learn.path = run_dir
     cfg.update(run_name=run_dir.name, created=datetime.now().isoformat(timespec="seconds"),
-               pretrained_requested=pretrained, pretrained=status.used, pretrained_reason=status.reason,
+               pretrained_requested=cfg["pretrained"], pretrained=status.used, pretrained_reason=status.reason,
                freeze_epochs=1 if status.used and config.epochs >= 2 else 0,
                device=str(learn.dls.device), **_precision_fields(learn, config.precision),
                counts=_counts(learn), versions=versions(), status="running", processes=distributed.world_size())
@@ -131,7 +154,27 @@ def train(
     cfg["lr_used"] = lr
     if distributed.is_main():
         write_json(run_dir / "config.json", cfg)
-    return _fit(learn, run_dir, cfg, completed=0, cbs=cbs, say=say)
+    with _lock(run_dir):
+        return _fit(learn, run_dir, cfg, completed=0, cbs=cbs, say=say)
+
+
+def _lock(run_dir: Path):
+    "The run directory's writer lock, in the main process (the only one that writes it)."
+    return RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext()
+
+
+def check_training_data(root: str | Path, classes: tuple[str, ...], bs: int) -> None:
+    """Open every Train and Val file of `classes` before the first batch (the checks of `covfast data check`:
+    pairing, sizes, mask values, non-empty COVID-19 masks); and a batch size that leaves no full training
+    batch is an error (fastai drops the last partial batch, so the run would train nothing)."""
+    df, problems = check_tree(root, splits=("Train", "Val"), classes=classes)
+    if problems:
+        raise CovfastError("the training data has problems (run `covfast data check` for all of them):\n"
+                           + format_problems(problems))
+    n_train = int((df.split == "Train").sum())
+    if n_train < bs:
+        raise CovfastError(f"--bs {bs} is larger than the {n_train} training images, so no full batch can be made; "
+                           f"use --bs {max(1, n_train // 2)} or less")
 
 
 def _new_run_dir(runs_dir: str | Path, name: str | None, slug: str) -> Path:
@@ -151,30 +194,33 @@ def _new_run_dir(runs_dir: str | Path, name: str | None, slug: str) -> Path:
 def _resume(resume: str | Path, config: Config | None, device: str | None, cbs: list | None, say: Say) -> Path:
     runs_dir = (config or Config()).runs_dir
     run_dir = resolve_run(resume, runs_dir)
-    cfg = read_json(run_dir / "config.json")
-    history = read_history(run_dir)
-    completed = int(history["epoch"].max()) if len(history) else 0
-    if completed >= cfg["epochs"]:
-        raise CovfastError(f"run {run_dir} already completed its {cfg['epochs']} epochs; nothing to resume")
-    if device is not None:
-        cfg["device"] = device
-    run_device = distributed.start(cfg.get("device"))
-    # the run's own settings, pretrained status included: the encoder weights come from the checkpoint
-    learn, _ = learner_for_config(cfg, pretrained=False, warn=False, device=run_device)
-    learn.path = run_dir
-    if cfg.get("precision_requested") is None:  # a run from before --precision: fp32 on CPU, mixed on CUDA
-        cfg["precision_requested"] = "auto" if learn.dls.device.type == "cuda" and cfg.get("fp16", True) else "fp32"
-    cfg.update(_precision_fields(learn, cfg["precision_requested"]))
-    if completed:
-        ckpt = load_weights(run_dir / "checkpoint.pth")
-        if int(ckpt["epoch"]) != completed:
-            raise CovfastError(f"{run_dir / 'checkpoint.pth'} holds epoch {ckpt['epoch']} but history.csv ends at "
-                               f"epoch {completed}; the run directory was changed by hand")
-        learn.model.load_state_dict(ckpt["model"])
-        learn._resume_opt = ckpt["opt"]
-    if distributed.is_main():
-        say(f"Resuming {run_dir} after epoch {completed} of {cfg['epochs']}")
-    return _fit(learn, run_dir, cfg, completed=completed, cbs=cbs, say=say)
+    with _lock(run_dir):  # before reading anything: another process may be writing this run
+        cfg = read_run_config(run_dir)
+        ckpt = load_weights(run_dir / "checkpoint.pth") if (run_dir / "checkpoint.pth").is_file() else None
+        completed = int(ckpt["epoch"]) if ckpt else 0
+        if completed >= cfg["epochs"]:
+            raise CovfastError(f"run {run_dir} already completed its {cfg['epochs']} epochs; nothing to resume")
+        if device is not None:
+            cfg["device"] = device
+        run_device = distributed.start(cfg.get("device"))
+        # the run's own settings, pretrained status included: the encoder weights come from the checkpoint
+        learn, _ = learner_for_config(cfg, pretrained=False, warn=False, device=run_device)
+        learn.path = run_dir
+        if cfg.get("precision_requested") is None:  # a run from before --precision: fp32 on CPU, mixed on CUDA
+            cfg["precision_requested"] = "auto" if learn.dls.device.type == "cuda" and cfg.get("fp16", True) else "fp32"
+        cfg.update(_precision_fields(learn, cfg["precision_requested"]))
+        if ckpt:
+            load_model_weights(learn.model, ckpt["model"], run_dir / "checkpoint.pth")
+            learn._resume_opt = ckpt["opt"]
+            if "history" in ckpt and distributed.is_main():
+                # the checkpoint's rows are the truth: a kill between writing it and history.csv left the csv behind
+                write_history(run_dir, pd.DataFrame(ckpt["history"]))
+            if "random" in ckpt:
+                learn._resume_random = ckpt["random"]
+            learn._resume_smooth = ckpt.get("smooth_loss")
+        if distributed.is_main():
+            say(f"Resuming {run_dir} after epoch {completed} of {cfg['epochs']}")
+        return _fit(learn, run_dir, cfg, completed=completed, cbs=cbs, say=say)
 
 
 def _fit(learn: Learner, run_dir: Path, cfg: dict[str, Any], completed: int, cbs: list | None, say: Say) -> Path:
@@ -198,12 +244,18 @@ def _fit(learn: Learner, run_dir: Path, cfg: dict[str, Any], completed: int, cbs
             elif frozen:
                 learn.freeze()
             learn.create_opt()
-            if getattr(learn, "_resume_opt", None) is not None and completed > start:
+            smooth = None
+            if getattr(learn, "_resume_opt", None) is not None and completed > start:  # resuming inside this phase
                 learn.opt.load_state_dict(learn._resume_opt)
-            learn._resume_opt = None
+                smooth = getattr(learn, "_resume_smooth", None)
+            learn._resume_opt = learn._resume_smooth = None
+            if getattr(learn, "_resume_random", None) is not None:
+                restore_random_states(learn, learn._resume_random)  # last, just before the first batch it feeds
+                learn._resume_random = None
             with context():
                 learn.fit_one_cycle(n, lr_max, start_epoch=max(0, completed - start),
-                                    cbs=[*([RunDirCallback(run_dir, epoch_offset=start)] if main else []), *(cbs or [])])
+                                    cbs=[*([RunDirCallback(run_dir, epoch_offset=start, smooth_loss=smooth)] if main else []),
+                                         *(cbs or [])])
             completed = start + n
     except KeyboardInterrupt:
         if not main:
@@ -211,6 +263,15 @@ def _fit(learn: Learner, run_dir: Path, cfg: dict[str, Any], completed: int, cbs
         cfg["status"] = "interrupted"
         write_json(run_dir / "config.json", cfg)
         raise TrainingInterrupted(run_dir, cfg["arch"], len(read_history(run_dir)), epochs) from None
+    except RunDiverged as e:
+        history = read_history(run_dir)
+        cfg.update(status="diverged", diverged_epoch=e.epoch, diverged=e.what)
+        if main:
+            write_json(run_dir / "config.json", cfg)
+        kept = (f"model.pth keeps epoch {int(history.loc[history.valid_dice_mean.idxmax(), 'epoch'])}'s weights, the best "
+                f"finite ones" if len(history) and (run_dir / "model.pth").is_file() else "no epoch finished, so there is no model.pth")
+        raise TrainingDiverged(f"training diverged ({e.what} in epoch {e.epoch}): the learning rate {cfg['lr_used']:g} is too high for this run; "
+                               f"{kept}; train again with a lower --lr, e.g. {cfg['lr_used'] / 10:g}") from None
     if distributed.world_size() > 1:
         cfg["weights_agree"] = distributed.weights_agree(learn.model)  # every process takes part
         if main and not cfg["weights_agree"]:

@@ -114,6 +114,8 @@ def test_resume_continues_the_schedule(synth_root, tmp_path):
     a, b = pd.read_csv(full / "history.csv"), pd.read_csv(cut / "history.csv")
     assert b.epoch.tolist() == [1, 2, 3]
     assert b.lr.tolist() == pytest.approx(a.lr.tolist(), rel=1e-6)
+    # the checkpoint restores the random states and the running loss: the resumed run is the uninterrupted one
+    assert b.train_loss.tolist() == a.train_loss.tolist() and b.valid_loss.tolist() == a.valid_loss.tolist()
     assert read_json(cut / "config.json")["status"] == "complete"
     again = cli("train", "attention-unet", "--resume", "cut")
     assert again.exit_code == 2 and "already completed" in again.stderr
