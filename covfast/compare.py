@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from .errors import CovfastError
 from .evaluate import bootstrap_ci, evaluated
 from .inference import load_run
 from .predict import overlay
-from .report import html_page, html_table, infer_cases
-from .runs import resolve_run
+from .report import html_page, html_table, infer_cases, synthetic_banner
+from .runs import read_json, resolve_run
+from .synth import is_synthetic
 
 __all__ = ["paired_differences", "compare"]
 
@@ -73,8 +75,9 @@ def compare(
         merged[n] = merged.image.map(per.set_index("image").dice)
     merged["mean"], merged["spread"] = merged[names].mean(axis=1), merged[names].max(axis=1) - merged[names].min(axis=1)
     covid = merged[merged["class"] == "COVID-19"].sort_values("mean")
+    empty = merged[merged["class"] != "COVID-19"].sort_values("mean")  # empty truth: the worst is the most outlined
     picks = pd.concat([covid.tail(1), covid.iloc[[len(covid) // 2]] if len(covid) else covid.head(0), covid.head(1),
-                       merged.sort_values("spread", ascending=False).head(2)]).drop_duplicates("image")
+                       empty.head(1), merged.sort_values("spread", ascending=False).head(2)]).drop_duplicates("image")
     rows = picks.assign(dice=picks["mean"])
     preds = []
     for d in dirs:
@@ -84,20 +87,29 @@ def compare(
     for r, ax_row in enumerate(axes):
         first = preds[0][r]
         ax_row[0].imshow(first["gray"], cmap="gray")
-        ax_row[0].set_title(f"{first['row']['file']} ({first['row']['label']})", fontsize=8)
+        ax_row[0].set_title(f"{first['row']['file']} ({first['row']['label']})", fontsize=10)
         truth = first["truth"] if first["truth"] is not None else np.zeros_like(first["pred"])
-        ax_row[1].imshow(overlay(first["gray"], truth, 0.6)), ax_row[1].set_title("ground truth", fontsize=8)
+        ax_row[1].imshow(overlay(first["gray"], truth, 0.6)), ax_row[1].set_title("ground truth", fontsize=10)
         for c, (n, p) in enumerate(zip(names, preds)):
             ax_row[2 + c].imshow(overlay(p[r]["gray"], p[r]["pred"], 0.6))
-            ax_row[2 + c].set_title(f"{n}\nDice {rows.iloc[r][n]:.3f}", fontsize=8)
+            ax_row[2 + c].set_title(f"{n}\nDice {rows.iloc[r][n]:.3f}", fontsize=10)
         for ax in ax_row:
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(out / "grid.png", dpi=90)
     plt.close(fig)
-    sections = [("Runs", "<ul>" + "".join(f"<li>{html.escape(n)}: {html.escape(str(d))}</li>" for n, d in zip(names, dirs)) + "</ul>"),
+    sections = [("Runs", "<ul>" + "".join(_run_item(n, d, out) for n, d in zip(names, dirs)) + "</ul>"),
                 (f"Metrics on {split}", html_table(side_by_side)),
                 (f"Paired per-image Dice difference (b - a, a = {names[0]})", html_table(paired)),
                 ("The same images through every model", "<img src='grid.png' alt='comparison grid'>")]
-    (out / "index.html").write_text(html_page(f"covfast comparison ({split})", sections))
+    synthetic = any(is_synthetic(read_json(d / "config.json")["data_root"]) for d in dirs)
+    (out / "index.html").write_text(html_page(f"covfast comparison ({split})", sections, synthetic_banner(synthetic)))
     return out / "index.html"
+
+
+def _run_item(name: str, run_dir: Path, page_dir: Path) -> str:
+    "A run's line on the page: its name, linked to its report (a path relative to the page) when it has one."
+    rel = lambda p: html.escape(Path(os.path.relpath(p, page_dir)).as_posix())  # noqa: E731
+    report_page = run_dir / "report" / "index.html"
+    link = f" (<a href='{rel(report_page)}'>report</a>)" if report_page.is_file() else ""
+    return f"<li>{html.escape(name)}: {rel(run_dir)}{link}</li>"

@@ -16,9 +16,10 @@ from .evaluate import confusion_table, evaluated, reference_table
 from .inference import iter_logits, load_run, upsample_mask
 from .metrics import SEVERITY_BANDS, learner_threshold, roc_auc, severity_band
 from .predict import overlay
+from .synth import is_synthetic
 from .runs import read_history
 
-__all__ = ["html_table", "plot_history", "infer_cases", "triptych_figure", "severity_figure", "band_confusion", "html_page", "report"]
+__all__ = ["DISCLAIMER", "synthetic_banner", "top_losses", "roc_figure", "html_table", "plot_history", "infer_cases", "triptych_figure", "severity_figure", "band_confusion", "html_page", "report"]
 
 
 def plot_history(history: pd.DataFrame, path: Path) -> Path:
@@ -68,13 +69,16 @@ def triptych_figure(entries: list[dict], path: Path, title: str) -> Path:
     fig, axes = plt.subplots(len(entries), cols, figsize=(3 * cols, 3 * len(entries)), squeeze=False)
     for ax_row, e in zip(axes, entries):
         ax_row[0].imshow(e["gray"], cmap="gray")
-        ax_row[0].set_title(f"{e['row']['file']}\n{e['row']['label']}  Dice {e['row']['dice']:.3f}", fontsize=8)
+        row = e["row"]
+        extra = "".join(f"  {label} {row[key]:.3f}" for key, label in (("loss", "loss"), ("p_covid", "p(COVID-19)"))
+                        if key in row and pd.notna(row[key]))
+        ax_row[0].set_title(f"{row['file']}\n{row['label']}  Dice {row['dice']:.3f}{extra}", fontsize=10)
         truth = e["truth"] if e["truth"] is not None else np.zeros_like(e["pred"])
-        ax_row[1].imshow(overlay(e["gray"], truth, alpha=0.6)), ax_row[1].set_title("ground truth", fontsize=8)
-        ax_row[2].imshow(overlay(e["gray"], e["pred"], alpha=0.6)), ax_row[2].set_title("prediction", fontsize=8)
+        ax_row[1].imshow(overlay(e["gray"], truth, alpha=0.6)), ax_row[1].set_title("ground truth", fontsize=10)
+        ax_row[2].imshow(overlay(e["gray"], e["pred"], alpha=0.6)), ax_row[2].set_title("prediction", fontsize=10)
         if cols == 4:
             ax_row[3].imshow(e["attention"], cmap="magma", vmin=0, vmax=1)
-            ax_row[3].set_title("attention (finest gate)", fontsize=8)
+            ax_row[3].set_title("attention (finest gate)", fontsize=10)
         for ax in ax_row:
             ax.axis("off")
     fig.suptitle(title)
@@ -106,6 +110,16 @@ def roc_figure(per_image: pd.DataFrame, threshold: float, path: Path) -> Path:
     return path
 
 
+def top_losses(per_image: pd.DataFrame, n: int = 4) -> pd.DataFrame:
+    "The `n` images of highest per-image loss, one of them COVID-19 when the split has any (empty-truth images can fill them all)."
+    top = per_image.sort_values("loss", ascending=False)
+    picked = top.head(n)
+    covid = top[top["class"] == "COVID-19"]
+    if len(covid) and not (picked["class"] == "COVID-19").any():
+        picked = pd.concat([picked.head(n - 1), covid.head(1)])
+    return picked
+
+
 def band_confusion(per_image: pd.DataFrame) -> pd.DataFrame:
     "Severity bands: true (rows) x predicted (columns) image counts (images with an empty lung mask left out)."
     graded = per_image.dropna(subset=["true_pct_lung", "pred_pct_lung"])
@@ -117,30 +131,70 @@ def band_confusion(per_image: pd.DataFrame) -> pd.DataFrame:
 
 
 def severity_figure(per_image: pd.DataFrame, path: Path) -> Path:
-    "Predicted vs true infection % of lung, one point per image."
+    """Predicted vs true infection % of lung, one point per image; the images at (0, 0) (empty truth, empty
+    prediction), which would hide under one another, are counted in the legend instead."""
     fig, ax = plt.subplots(figsize=(5, 5))
     for label, g in per_image.groupby("class"):
-        ax.scatter(g.true_pct_lung, g.pred_pct_lung, s=10, alpha=0.6, label=label)
+        origin = (g.true_pct_lung == 0) & (g.pred_pct_lung == 0)
+        ax.scatter(g.true_pct_lung[~origin], g.pred_pct_lung[~origin], s=10, alpha=0.6,
+                   label=f"{label} ({int(origin.sum())} of {len(g)} at 0, 0)" if origin.any() else label)
     ax.plot([0, 100], [0, 100], "k--", lw=1)
     ax.set_xlabel("true infection % of lung"), ax.set_ylabel("predicted infection % of lung")
-    ax.set_xlim(0, 100), ax.set_ylim(0, 100), ax.legend()
+    ax.set_xlim(-1, 100), ax.set_ylim(-1, 100), ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
+# columns that hold counts (shown as integers) and learning rates (scientific notation)
+_COUNT_COLUMNS = {"n", "epoch", "tp", "fp", "fn", "a_better", "b_better", "ties"}
+_LR_COLUMNS = {"lr", "lr_used", "learning rate"}
+
+
+def _cell(value, column) -> str:
+    "One table cell: '–' for a missing value, counts as integers, learning rates as 1.0e-03, other numbers with 3 decimals."
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)) or (str(column) in _COUNT_COLUMNS and float(value).is_integer()):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.1e}" if str(column) in _LR_COLUMNS else f"{value:.3f}"
+    return str(value)
+
+
 def html_table(df: pd.DataFrame, index: bool = False) -> str:
-    return df.to_html(index=index, float_format=lambda v: f"{v:.4f}", border=0, classes="t")
+    "A table for the pages, numbers formatted by `_cell`."
+    shown = df.copy().astype(object)
+    for col in shown.columns:
+        name = col[-1] if isinstance(col, tuple) else col
+        shown[col] = [_cell(v, name) for v in df[col]]
+    return shown.to_html(index=index, border=0, classes="t")
 
 
-def html_page(title: str, sections: list[tuple[str, str]]) -> str:
-    "A self-contained page (no scripts, no network): sections of (heading, HTML body)."
+DISCLAIMER = "Research code, not a medical device: do not use these outlines to diagnose or treat anyone."
+
+
+def synthetic_banner(synthetic: bool) -> str:
+    "The line on top of a page about synthetic data (or the empty string)."
+    return ("<p class='banner'>SYNTHETIC DATA: these images were made by <code>covfast synth</code>. The figures "
+            "show that the pipeline runs; they say nothing about accuracy on X-rays, and are not comparable with "
+            "the reference study.</p>" if synthetic else "")
+
+
+def html_page(title: str, sections: list[tuple[str, str]], banner: str = "") -> str:
+    "A self-contained page (no scripts, no network): `banner`, the disclaimer, then sections of (heading, HTML body)."
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd}"
-             "img{max-width:100%}h2{border-bottom:2px solid #c00;padding-bottom:3px}")
+             "img{max-width:100%}h2{border-bottom:2px solid #c00;padding-bottom:3px}"
+             ".banner{background:#fff3cd;border:2px solid #e0a800;padding:.6em 1em;font-weight:bold}"
+             ".disclaimer{color:#a00;font-size:14px}")
     body = "".join(f"<h2>{html.escape(h)}</h2>\n{b}\n" for h, b in sections)
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>\n{body}</body></html>\n"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1>\n{banner}<p class='disclaimer'>{html.escape(DISCLAIMER)}</p>\n"
+            f"{body}</body></html>\n")
 
 
 def report(run: str | Path, split: str = "Test", config: Config | None = None, device: str | None = None,
@@ -167,8 +221,10 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
         sections.append(("Learning-rate finder", "<img src='lr_find.png' alt='lr_find plot'>"))
     cols = ["group", "n", "dice", "dice_ci_low", "dice_ci_high", "iou", "dice_pooled", "iou_pooled",
             "sensitivity", "specificity", "severity_mae", "severity_band_agreement"]
-    sections.append((f"Evaluation on {split}", html_table(summary[cols]) + "<h3>Against the reference study</h3>"
-                     + html_table(reference_table(summary))))
+    synthetic = is_synthetic(cfg["data_root"])
+    reference = ("<h3>Against the reference study</h3><p>Not comparable: synthetic data.</p>" if synthetic else
+                 "<h3>Against the reference study</h3>" + html_table(reference_table(summary)))
+    sections.append((f"Evaluation on {split}", html_table(summary[cols]) + reference))
     if "p_covid" in per_image and per_image.p_covid.notna().all():
         threshold = learner_threshold(learn)
         roc_figure(per_image, threshold, out / "roc.png")
@@ -194,7 +250,7 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
         missed = per_image[(per_image["class"] == "COVID-19") & per_image.pred_empty].sort_values("p_covid")
         if len(missed):
             picks.append(("Missed COVID-19 images (empty mask)", missed.head(3)))
-    picks.append(("Top losses", per_image.sort_values("loss", ascending=False).head(4)))
+    picks.append(("Top losses (per-image loss)", top_losses(per_image)))
     for i, (title, rows) in enumerate(picks):
         name = f"cases_{i}.png"
         triptych_figure(infer_cases(learn, rows), out / name, title)
@@ -202,5 +258,6 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
     severity_figure(per_image, out / "severity.png")
     sections.append(("Severity: infection % of lung", "<img src='severity.png' alt='severity scatter'>"
                      + html_table(band_confusion(per_image), index=True)))
-    (out / "index.html").write_text(html_page(f"covfast report: {run_dir.name} ({split})", sections))
+    (out / "index.html").write_text(html_page(f"covfast report: {run_dir.name} ({split})", sections,
+                                              synthetic_banner(synthetic)))
     return out / "index.html"

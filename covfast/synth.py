@@ -21,11 +21,17 @@ from .config import CLASSES
 from .dataset import DATASET_DIR, SPLITS, SUBDIRS
 from .errors import CovfastError
 
-__all__ = ["synth_item", "write_synthetic", "synthetic_name", "MARKER"]
+__all__ = ["synth_item", "write_synthetic", "synthetic_name", "is_synthetic", "MARKER"]
 
 # Written beside the dataset folder so `--force` only ever replaces a tree synth made.
 MARKER = ".covfast-synth.json"
 MIN_INFECTED = 0.012  # smallest COVID infection as a share of the image, so it survives resizing
+
+
+def is_synthetic(root: str | Path) -> bool:
+    "Whether the tree at `root` (the download folder or its 'Infection Segmentation Data') was written by `covfast synth`."
+    root = Path(root)
+    return (root / MARKER).is_file() or (root.parent / MARKER).is_file()
 
 
 def synthetic_name(label: str, number: int) -> str:

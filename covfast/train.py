@@ -24,6 +24,7 @@ from .errors import CovfastError, format_problems
 from .learner import learner_for_config, pick_device
 from .models import DEFAULT_FEATURES, arch_slug, check_arch
 from .precision import resolve_precision, use_precision
+from .synth import is_synthetic
 from .runs import (RunLock, load_model_weights, load_weights, new_run_dir, read_history, read_run_config, resolve_run,
                    versions, write_history, write_json)
 
@@ -100,6 +101,7 @@ def train(
     cls_weight: float = 1.0,  # weight of the image head's BCE in the loss; 0: no image head (segmentation alone)
     gate_topk: float = 0.0,  # pixel-evidence gate at inference (before the image head): share of pixels; 0: off
     augment: bool = True,  # `xray_augmentations` on the training batches
+    keep_checkpoint: bool = False,  # keep checkpoint.pth (weights + optimizer state) once the run is complete
     cbs: list | None = None,  # extra fastai callbacks
     say: Say = _quiet,  # where progress lines go (the CLI passes its echo)
 ) -> Path:
@@ -120,7 +122,8 @@ def train(
     cfg = {"arch": arch, **config.to_dict(), "data_root": str(root),
            "pretrained": pretrained, "device": device or "auto", "empty_weight": empty_weight,
            "dice_weight": dice_weight, "cls_weight": cls_weight, "gate_topk": gate_topk, "augment": augment,
-           "features": list(features) if arch == "attention-unet" else None}
+           "features": list(features) if arch == "attention-unet" else None, "synthetic_data": is_synthetic(root),
+           "keep_checkpoint": keep_checkpoint}
     learn, status = learner_for_config(cfg, device=run_device)
     run_dir = _new_run_dir(config.runs_dir, name, arch_slug(arch))
     try:
@@ -198,8 +201,12 @@ def _resume(resume: str | Path, config: Config | None, device: str | None, cbs: 
         cfg = read_run_config(run_dir)
         ckpt = load_weights(run_dir / "checkpoint.pth") if (run_dir / "checkpoint.pth").is_file() else None
         completed = int(ckpt["epoch"]) if ckpt else 0
-        if completed >= cfg["epochs"]:
+        finished = max([completed, *read_history(run_dir).epoch.astype(int).tolist()])
+        if finished >= cfg["epochs"]:
             raise CovfastError(f"run {run_dir} already completed its {cfg['epochs']} epochs; nothing to resume")
+        if ckpt is None and finished:
+            raise CovfastError(f"{run_dir} has finished epochs but no checkpoint.pth to resume from; train it again "
+                               f"under another --name")
         if device is not None:
             cfg["device"] = device
         run_device = distributed.start(cfg.get("device"))
@@ -281,6 +288,9 @@ def _fit(learn: Learner, run_dir: Path, cfg: dict[str, Any], completed: int, cbs
         return run_dir
     cfg["status"] = "complete"
     write_json(run_dir / "config.json", cfg)
+    if not cfg.get("keep_checkpoint", True):
+        # a complete run cannot be resumed: its optimizer state (3x the weights with Adam) is dead weight on disk
+        (run_dir / "checkpoint.pth").unlink(missing_ok=True)
     return run_dir
 
 

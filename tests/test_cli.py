@@ -61,3 +61,11 @@ def test_synth_then_summary(tmp_path):
     assert result.exit_code == 0 and "Total" in result.stdout
     again = runner.invoke(app, ["synth", str(out), "--per-class", "3", "--size", "32"])
     assert again.exit_code == 2 and "--force" in again.stderr
+
+
+def test_flags_are_not_shown_as_taking_a_value():
+    "--help and --pretrained/--no-pretrained take no value; the help must not list a <bool> type beside them."
+    for path, _ in all_commands():
+        out = runner.invoke(app, [*path, "--help"]).stdout
+        assert "<bool>" not in out, path
+    assert "<int" in runner.invoke(app, ["train", "--help"]).stdout  # options that take a value keep theirs

@@ -21,8 +21,13 @@ def test_compare_two_runs_writes_its_files(synth_root, tmp_path, monkeypatch, fa
     monkeypatch.chdir(tmp_path)
     fake_run(tmp_path, synth_root, "everywhere", infection=True)
     fake_run(tmp_path, synth_root, "nowhere", infection=False)
+    assert runner.invoke(app, ["report", "everywhere", "--split", "Test"]).exit_code == 0
     result = runner.invoke(app, ["compare", "everywhere", "nowhere", "--split", "Test", "--out", "cmp"])
     assert result.exit_code == 0, result.output
+    page = (tmp_path / "cmp" / "index.html").read_text()
+    # each run's report linked by a path relative to the page; a run without a report is named, not linked
+    assert "href='../runs/everywhere/report/index.html'" in page and "../runs/nowhere" in page
+    assert page.count("href=") == 1 and "SYNTHETIC DATA" in page
     for name in ("index.html", "metrics.csv", "paired.csv", "grid.png"):
         assert (tmp_path / "cmp" / name).is_file()
     paired = pd.read_csv(tmp_path / "cmp" / "paired.csv").set_index("group")

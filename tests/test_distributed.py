@@ -32,14 +32,16 @@ def test_two_processes_train_one_whole_run(tmp_path):
     env = {**os.environ, "COVFAST_RUNS_DIR": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "covfast", "train", "attention-unet", "--data", str(tree), "--size", "32", "--epochs", "2",
-           "--bs", "4", "--classes", "all", "--device", "cpu", "--lr", "3e-3", "--name", "ddp"]
+           "--bs", "4", "--classes", "all", "--device", "cpu", "--lr", "3e-3", "--name", "ddp",
+           # fp32, so the single-process validation below can match the logged metrics to 1e-6
+           "--precision", "fp32", "--keep-checkpoint"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
 
     runs = list((tmp_path / "runs").iterdir())
     assert [r.name for r in runs] == ["ddp"]  # one run directory, written by the main process
     run = runs[0]
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pth", "config.json", "history.csv", "model.pth"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoint.pth", "config.json", "history.csv", "model.pth"]
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["processes"] == 2 and cfg["status"] == "complete"
     assert cfg["weights_agree"] is True  # DDP averaged the gradients: both processes hold the same weights
@@ -47,7 +49,7 @@ def test_two_processes_train_one_whole_run(tmp_path):
     assert history.epoch.tolist() == [1, 2]
     assert history.notna().all().all()
     # weights saved without DDP's 'module.' prefix: they load into the bare model
-    AttentionUNet(3, 2, tuple(cfg["features"])).load_state_dict(load_weights(run / "model.pth"))
+    AttentionUNet(3, 2, tuple(cfg["features"]), image_head=True).load_state_dict(load_weights(run / "model.pth"))
 
     # the logged validation metrics are those of all 15 Val images once: one process validating
     # the last epoch's weights on the whole Val set gets the same values
@@ -56,7 +58,7 @@ def test_two_processes_train_one_whole_run(tmp_path):
     with learn.no_bar(), learn.no_logging():
         values = dict(zip(["valid_loss", *[m.name for m in learn.metrics]], learn.validate()))
     last = history.iloc[-1]
-    for key in ("valid_dice_covid", "valid_dice_noncovid", "valid_dice_mean"):
+    for key in ("valid_dice_covid", "valid_dice_noncovid", "valid_dice_normal", "valid_dice_mean", "valid_auc"):
         assert values[key] == pytest.approx(last[key], abs=1e-6), key
     assert values["valid_loss"] == pytest.approx(last["valid_loss"], rel=1e-3)
     assert len(learn.dls.valid.items) == 15 and torch.distributed.is_available()

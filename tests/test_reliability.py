@@ -77,7 +77,7 @@ time.sleep(60)
 
 def test_one_writer_per_run_directory(synth_root, tmp_path):
     run = train("attention-unet", synth_root, Config(img_size=32, bs=4, epochs=2, lr="3e-3", runs_dir="runs"),
-                name="r", features=(4, 8))
+                name="r", features=(4, 8), keep_checkpoint=True)
     cfg = read_json(run / "config.json")
     write = cfg | {"epochs": 3}  # one epoch left to resume
     (run / "config.json").write_text(json.dumps(write))
@@ -240,5 +240,5 @@ def test_run_files_follow_the_users_umask(synth_root, tmp_path):
                     name="u", features=(4, 8))
     finally:
         os.umask(old)
-    for name in ("config.json", "history.csv", "model.pth", "checkpoint.pth"):
+    for name in ("config.json", "history.csv", "model.pth"):
         assert (run / name).stat().st_mode & 0o777 == 0o644, name

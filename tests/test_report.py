@@ -27,7 +27,19 @@ def test_report_links_only_existing_files(synth_root, tmp_path, monkeypatch, fak
     for heading in ("Settings", "Training curves", "Evaluation on Test", "Against the reference study",
                     "COVID-19: best, median, worst", "Empty-truth images", "Top losses", "Severity"):
         assert heading in text
-    assert text.count("<table") >= 5
+    assert text.count("<table") >= 4
+    # synthetic data says so on top, with the disclaimer, and no claim against the real study
+    assert "SYNTHETIC DATA" in text and "not a medical device" in text
+    assert "Not comparable: synthetic data" in text and "beats reference" not in text
+    # numbers read as numbers: counts as integers, learning rates in scientific notation, no raw NaN
+    assert "<td>12</td>" in text and "1.0e-03" in text and "nan" not in text.lower().replace("non-covid", "")
+    assert ".0000" not in text
+
+
+def test_cells_are_formatted_for_reading():
+    from covfast.report import _cell
+    assert _cell(16.0, "n") == "16" and _cell(float("nan"), "dice") == "–" and _cell(None, "x") == "–"
+    assert _cell(0.00001234, "lr") == "1.2e-05" and _cell(0.73114, "dice") == "0.731" and _cell(3, "tp") == "3"
 
 
 def test_attention_unet_triptychs_add_the_finest_gates_map(synth_root, tmp_path, fake_run):

@@ -16,7 +16,7 @@ from covfast.learner import learner_for_config
 from covfast.train import train
 
 runner = CliRunner()
-RUN_FILES = {"config.json", "history.csv", "model.pth", "checkpoint.pth"}
+RUN_FILES = {"config.json", "history.csv", "model.pth"}
 
 
 def cli(*args):
@@ -35,6 +35,8 @@ def test_cli_training_writes_every_run_file(synth_root, tmp_path, arch):
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "r"  # runs_dir is relative to the working directory
     assert RUN_FILES <= {p.name for p in run.iterdir()}
+    # a complete run drops its optimizer state (it cannot be resumed; --keep-checkpoint keeps it)
+    assert not (run / "checkpoint.pth").exists()
     history = pd.read_csv(run / "history.csv")
     assert list(history.columns) == HISTORY_COLUMNS and history.epoch.tolist() == [1, 2]
     assert history[["valid_dice_covid", "valid_dice_noncovid", "valid_dice_mean"]].apply(lambda c: c.between(0, 1)).all().all()
@@ -84,13 +86,18 @@ def test_pretrained_encoder_is_frozen_for_one_epoch_then_trained(synth_root, tmp
 
     class EncoderWatch(Callback):
         order = 70
-        def before_fit(self): self.snap = self.model[0][0].weight.detach().clone()
-        def after_epoch(self): watched.append(not torch.equal(self.snap, self.model[0][0].weight))
+        def before_fit(self):
+            self.snap = self.model.unet[0][0].weight.detach().clone()  # the encoder's stem
+            self.head = self.model.image_head.fc.weight.detach().clone()
+        def after_epoch(self):
+            watched.append((not torch.equal(self.snap, self.model.unet[0][0].weight),
+                            not torch.equal(self.head, self.model.image_head.fc.weight)))
     watched = []
     run = train("resnet18", synth_root, tiny(tmp_path, epochs=2), name="ft", pretrained=True, cbs=[EncoderWatch()])
     cfg = read_json(run / "config.json")
     assert cfg["pretrained"] is True and cfg["freeze_epochs"] == 1
-    assert watched == [False, True]  # epoch 1 trains the decoder only; epoch 2 the encoder too
+    # epoch 1 trains the decoder and the image head only; epoch 2 the encoder too
+    assert watched == [(False, True), (True, True)]
 
 
 class InterruptAfter(Callback):
