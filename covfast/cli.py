@@ -395,7 +395,7 @@ def predict_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Optional[Path], typer.Option("--out", help="Empty or new folder for the demo's data, runs and comparison. Default: runs/demo-<time>.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Empty or new folder for the demo's data, runs and comparison. Default: runs/demo.", show_default=False)] = None,
     device: DeviceOpt = None,
 ) -> None:
     """The whole job in minutes, offline: synthetic data, both models trained briefly, evaluated, reported, compared."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +22,7 @@ DEMO_SETTINGS = {"per_class": 16, "size": 64, "bs": 8, "lr": "3e-3",
 
 
 def demo(
-    out: str | Path | None = None,  # folder for data/, runs/ and the comparison (default runs/demo-<time>)
+    out: str | Path | None = None,  # folder for data/, runs/ and the comparison (default runs/demo)
     device: str | None = None,
     say: Callable[[str], None] = print,  # where the stage headlines go
     progress=None,  # progress-bar factory for evaluation, as the CLI passes it
@@ -31,9 +30,9 @@ def demo(
 ) -> Path:
     "Synthesize data, train both models briefly, evaluate on Test, write both reports and their comparison."
     s = {**DEMO_SETTINGS, **(settings or {})}
-    out = Path(out) if out is not None else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(out) if out is not None else Path("runs") / "demo"
     if out.exists() and any(out.iterdir()):
-        raise CovfastError(f"{out} exists and is not empty; pass --out with a new folder")
+        raise CovfastError(f"{out} exists and is not empty (an earlier demo?); pass --out with a new folder, or delete it")
     out.mkdir(parents=True, exist_ok=True)
     say(f"[1/5] Writing a synthetic COVID-QU-Ex tree ({s['per_class']} images per class and split, "
         f"{s['size']} px) to {out / 'data'}")
