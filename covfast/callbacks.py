@@ -36,7 +36,12 @@ def random_states(learn: Learner) -> dict[str, Any]:
     return {"python": plain(random.getstate()), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "loaders": [plain(dl.rng.getstate()) for dl in learn.dls.loaders]}
+            "loaders": [plain(_shuffler(dl).rng.getstate()) for dl in learn.dls.loaders]}
+
+
+def _shuffler(dl):
+    "The loader that holds the shuffling `rng`: the one fastai's DistributedDL wraps, in a distributed run."
+    return getattr(dl, "dl", dl)
 
 
 def _python_state(state: list) -> tuple:
@@ -52,7 +57,7 @@ def restore_random_states(learn: Learner, states: dict[str, Any]) -> None:
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
     for dl, state in zip(learn.dls.loaders, states["loaders"]):
-        dl.rng.setstate(_python_state(state))
+        _shuffler(dl).rng.setstate(_python_state(state))
 
 
 class RunDirCallback(TrackerCallback):

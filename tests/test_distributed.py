@@ -60,7 +60,9 @@ def test_two_processes_train_one_whole_run(tmp_path):
     last = history.iloc[-1]
     for key in ("valid_dice_covid", "valid_dice_noncovid", "valid_dice_normal", "valid_dice_mean", "valid_auc"):
         assert values[key] == pytest.approx(last[key], abs=1e-6), key
-    assert values["valid_loss"] == pytest.approx(last["valid_loss"], rel=1e-3)
+    # fastai averages the loss over each process's batches, the padded image included (the metrics drop it):
+    # 16 images' mean against 15's; with the image head's BCE in the loss that is 0.12% here
+    assert values["valid_loss"] == pytest.approx(last["valid_loss"], rel=5e-3)
     assert len(learn.dls.valid.items) == 15 and torch.distributed.is_available()
 
 
