@@ -6,3 +6,5 @@ __version__ = "0.1.0"
 
 # torch 2.14 deprecates torch.jit.script, which fastai calls at import: noise on every command's stderr.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+# fastai 2.8.12's lr_find suggestions hand fastai tensors to np.interp, which NumPy 2 warns about on every call.
+warnings.filterwarnings("ignore", message=r"__array_wrap__ must accept context and return_scalar", category=DeprecationWarning)
