@@ -8,3 +8,6 @@ __version__ = "0.1.0"
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
 # fastai 2.8.12's lr_find suggestions hand fastai tensors to np.interp, which NumPy 2 warns about on every call.
 warnings.filterwarnings("ignore", message=r"__array_wrap__ must accept context and return_scalar", category=DeprecationWarning)
+# timm imports tqdm.auto, which in a notebook kernel without ipywidgets warns "IProgress not found" at import;
+# covfast's progress bars are fastai's (fastprogress), which need no widgets.
+warnings.filterwarnings("ignore", message=r"IProgress not found")
