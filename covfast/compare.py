@@ -66,6 +66,9 @@ def compare(
     # on the page: one row per class and metric, one column per run, so the runs read side by side
     side_by_side = pd.concat({n: s.set_index("group")[["n", *cols]].stack() for n, (_, s) in zip(names, results)}, axis=1)
     side_by_side = side_by_side.rename_axis(["group", "metric"]).reset_index()
+    counts = side_by_side.metric == "n"  # image counts print as integers, whatever column they share
+    side_by_side[names] = side_by_side[names].astype(object)
+    side_by_side.loc[counts, names] = side_by_side.loc[counts, names].map(int)
     paired = pd.concat([paired_differences(results[0][0], per).assign(a=names[0], b=n)
                         for n, (per, _) in zip(names[1:], results[1:])], ignore_index=True)
     paired.to_csv(out / "paired.csv", index=False)

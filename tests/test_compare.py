@@ -1,3 +1,5 @@
+import re
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -28,6 +30,9 @@ def test_compare_two_runs_writes_its_files(synth_root, tmp_path, monkeypatch, fa
     # each run's report linked by a path relative to the page; a run without a report is named, not linked
     assert "href='../runs/everywhere/report/index.html'" in page and "../runs/nowhere" in page
     assert page.count("href=") == 1 and "SYNTHETIC DATA" in page
+    # image counts as integers in the side-by-side table (one row per group and metric)
+    counts = re.findall(r"<td>n</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>", page)
+    assert counts and all(v.isdigit() for row in counts for v in row), counts
     for name in ("index.html", "metrics.csv", "paired.csv", "grid.png"):
         assert (tmp_path / "cmp" / name).is_file()
     paired = pd.read_csv(tmp_path / "cmp" / "paired.csv").set_index("group")

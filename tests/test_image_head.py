@@ -90,14 +90,19 @@ def test_get_preds_evaluate_and_predict_share_the_decision(synth_root, tmp_path,
     assert set(table.decision) == {"COVID-19 infection" if outlined else "no COVID-19 infection"}
 
 
-def test_show_results_titles_each_prediction_with_its_probability(synth_root, tmp_path, fake_run):
+def test_show_results_titles_each_prediction_with_its_probability_and_dice(synth_root, tmp_path, fake_run):
     import matplotlib.pyplot as plt
+    # infection everywhere, but p = sigmoid(1) = 0.73 is below the threshold 0.9: every mask shown is empty
     fake_run(tmp_path, synth_root, "h", infection=True, image_logit=1.0, threshold=0.9)
     learn, _, _ = load_run("h", with_data=True)
     plt.close("all")
-    learn.show_results(max_n=2)
+    shown = learn.show_results(max_n=4, shuffle=False)
+    assert list(shown.columns) == ["truth", "p_covid", "decision", "dice"] and len(shown) == 4
+    # the unshuffled Val batch opens with COVID-19 images, where an empty mask scores Dice 0
+    assert set(shown.truth) == {"infection"} and (shown.dice == 0).all()
+    assert shown.p_covid.round(4).eq(0.7311).all() and set(shown.decision) == {"empty mask"}
     titles = [ax.get_title() for ax in plt.gcf().axes if ax.images]
-    assert titles[1::2] == ["p(COVID-19) 0.73: empty mask"] * 2
+    assert titles[1::2] == [f"p(COVID-19) 0.73: empty mask\nDice {d:.2f}" for d in shown.dice]
     plt.close("all")
 
 

@@ -121,3 +121,20 @@ def test_the_image_head_decides_in_fp32_under_bf16_autocast():
     with torch.no_grad():
         expected = model.image_head(bottleneck)  # fp32 head on the (bf16-computed) features
     assert torch.equal(out[:, 2, 0, 0], expected)
+
+
+def test_a_notebook_learner_gets_the_fast_path_and_a_run_learner_its_own(synth_root, monkeypatch):
+    "covfast_learner (what notebooks call) resolves --precision itself; a run's learner is left to train/load_run."
+    from covfast.data import covid_dataloaders
+    from covfast.learner import config_learner, covfast_learner
+    from covfast.precision import DeviceMixedPrecision, learner_precision
+
+    monkeypatch.setattr(precision_mod, "cpu_runs_bf16", lambda: True)
+    dls = covid_dataloaders(synth_root, Config(img_size=32, bs=4), device="cpu")
+    kinds = lambda learn: [type(cb) for cb in learn.cbs]  # noqa: E731
+    learn, _ = covfast_learner(dls, "attention-unet", features=(4, 8))
+    assert learner_precision(learn).mode == "bf16" and kinds(learn).count(DeviceMixedPrecision) == 1
+    learn, _ = covfast_learner(dls, "attention-unet", features=(4, 8), precision="fp32")
+    assert learner_precision(learn).mode == "fp32" and DeviceMixedPrecision not in kinds(learn)
+    learn, _ = config_learner(dls, {"arch": "attention-unet", "features": [4, 8], "cls_weight": 1.0})
+    assert DeviceMixedPrecision not in kinds(learn) and not hasattr(learn, "covfast_precision")
