@@ -2,7 +2,8 @@
 
 `setup`: the two set-up commands (the bash block under "Set-up: two commands");
 `after-demo`: the commands the README says work as written after `covfast demo`.
-Used by .ci/newcomer, so CI runs exactly what the README says; tests/test_newcomer.py checks both are found.
+Used by .ci/newcomer, so CI runs exactly what the README says; tests/test_demo.py checks both are found
+and runs the after-demo commands after a small demo.
 """
 
 from __future__ import annotations

@@ -42,9 +42,10 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 def execute(path: Path, timeout: int = 900, nb: nbformat.NotebookNode | None = None) -> nbformat.NotebookNode:
     "Run `path` (or `nb`, read from it) top to bottom in a scratch folder (its working files go there), outputs filled in."
     nb = nbformat.read(path, as_version=4) if nb is None else nb
-    os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend, so figures land in the outputs
+    # the kernel without MPLBACKEND picks the inline backend, so figures land in the outputs; this process keeps it
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     with tempfile.TemporaryDirectory(prefix="covfast-nb-") as scratch:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": scratch}}).execute()
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": scratch}}).execute(env=env)
     return nb
 
 
