@@ -1,0 +1,113 @@
+"""Where a run's COVID-19 Dice goes: the segmentation alone, with no image-level decision, and what
+would or would not lift it.
+
+    python benchmarks/segmentation_ceiling.py RUN --split Test [--data DIR] [--out DIR]
+
+Scores `model.pth` on the split's COVID-19 images like `covfast evaluate` (per-image Dice at the masks'
+own resolution) but with every image outlined, so no threshold of the run's decision can score higher
+than this. Beside it, on the same images:
+
+- the pixel threshold on the infection probability (argmax is 0.5): does the model under- or over-segment?
+- test-time augmentation with a horizontal flip (mean of the two probabilities): chest X-rays are not
+  mirror-symmetric, which is why training does not flip them; does prediction gain from it anyway?
+- the prediction kept inside the *true* lung mask: what a perfect lung segmentation could add at most;
+- the truth itself taken down to the model's input size and back up: the Dice the input resolution
+  allows;
+- Dice by quartile of lesion size (infection pixels / image pixels).
+
+Prints a table and writes DIR/segmentation_ceiling.csv (one row per COVID-19 image).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from covfast.data import read_mask
+from covfast.evaluate import split_items
+from covfast.inference import iter_logits, load_run
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+
+
+class HorizontalFlipTTA(nn.Module):
+    "The model's output for the image and for its mirror image (flipped back), logits of the mean probability."
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, flipped = self.model(x).float(), self.model(x.flip(-1)).float().flip(-1)
+        prob = (F.softmax(out[:, :2], 1) + F.softmax(flipped[:, :2], 1)) / 2
+        return torch.cat([prob.clamp_min(1e-6).log(), out[:, 2:]], dim=1)
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = pred.sum() + truth.sum()
+    return 1.0 if total == 0 else float(2 * (pred & truth).sum() / total)
+
+
+def infection_probability(learn, items: pd.DataFrame) -> list[torch.Tensor]:
+    "Per image, the infection channel's softmax probability at the model's resolution, no decision."
+    return [F.softmax(logits[:2], 0)[1] for _, logits, _ in iter_logits(learn, items, gated=False)]
+
+
+def ceiling(run: str, split: str, data: str | None) -> pd.DataFrame:
+    learn, cfg, _ = load_run(run, device="cpu")
+    items = split_items(data or cfg["data_root"], split, ("COVID-19",))
+    plain = infection_probability(learn, items)
+    learn.model = HorizontalFlipTTA(learn.model)
+    flipped = infection_probability(learn, items)
+    rows = []
+    for i, item in items.iterrows():
+        truth = read_mask(item.infection_mask).astype(bool)
+        lung = read_mask(item.lung_mask).astype(bool)
+        up = lambda p: F.interpolate(p[None, None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+        prob, prob_tta = up(plain[i]), up(flipped[i])
+        small = np.asarray(Image.fromarray(truth.astype(np.uint8) * 255).resize(tuple(plain[i].shape[::-1]), Image.NEAREST)) > 127
+        row = {"file": item["name"], "lesion_share": truth.mean()}
+        row.update({f"dice_pixel_{t}": dice(prob > t, truth) for t in THRESHOLDS})
+        row.update({f"dice_hflip_tta_{t}": dice(prob_tta > t, truth) for t in THRESHOLDS})
+        row["dice_in_true_lung"] = dice((prob > 0.5) & lung, truth)
+        row["dice_truth_round_trip"] = dice(up(torch.from_numpy(small.astype(np.float32))) > 0.5, truth)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("--split", default="Test")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--out", default=".")
+    args = ap.parse_args()
+    table = ceiling(args.run, args.split, args.data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "segmentation_ceiling.csv", index=False)
+    n = len(table)
+    print(f"{Path(args.run).name}, {args.split}, {n} COVID-19 images, mean per-image Dice with every image outlined:")
+    for t in THRESHOLDS:
+        note = " (argmax: the run's own masks)" if t == 0.5 else ""
+        print(f"  infection probability > {t}: {table[f'dice_pixel_{t}'].mean():.4f}{note};"
+              f" with horizontal-flip TTA: {table[f'dice_hflip_tta_{t}'].mean():.4f}")
+    print(f"  argmax kept inside the true lung mask: {table.dice_in_true_lung.mean():.4f}")
+    print(f"  the truth at the model's input size and back: {table.dice_truth_round_trip.mean():.4f}")
+    quartile = pd.qcut(table.lesion_share, 4)
+    for band, group in table.groupby(quartile, observed=True):
+        print(f"  lesion share {band.left:.4f}-{band.right:.4f} of the image: {len(group)} images,"
+              f" Dice {group['dice_pixel_0.5'].mean():.4f}")
+    print(f"  images with Dice < 0.3: {(table['dice_pixel_0.5'] < 0.3).mean():.4f}")
+    print(f"wrote {out / 'segmentation_ceiling.csv'}")
+
+
+if __name__ == "__main__":
+    main()
