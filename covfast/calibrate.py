@@ -26,7 +26,11 @@ from .inference import iter_logits, load_run
 from .metrics import evidence_scores, image_probability, learner_gate
 from .runs import CALIBRATION_FILE, write_json
 
-__all__ = ["image_scores", "threshold_for_specificity", "threshold_for_sensitivity", "calibrate"]
+__all__ = ["OPERATING_SENSITIVITIES", "image_scores", "threshold_for_specificity", "threshold_for_sensitivity",
+           "operating_points", "calibrate"]
+
+# the sensitivities whose thresholds calibrate lists beside the chosen one, so a user sees the trade-off
+OPERATING_SENSITIVITIES = (0.90, 0.95, 0.98, 0.99)
 
 
 def image_scores(learn, items: pd.DataFrame, bs: int | None = None, progress=None) -> tuple[np.ndarray, str]:
@@ -70,6 +74,23 @@ def threshold_for_sensitivity(infected_scores: np.ndarray, sensitivity: float) -
     return float(np.nextafter(kth_highest, -np.inf))  # just below it: it and every higher score are kept
 
 
+def operating_points(scores: np.ndarray, labels: np.ndarray, infected: np.ndarray,
+                     sensitivities: tuple[float, ...] = OPERATING_SENSITIVITIES) -> list[dict]:
+    """Per target sensitivity: its threshold on these scores, the sensitivity reached, and the share of the
+    empty-truth images left empty, over all of them and per class (Non-COVID, Normal)."""
+    points = []
+    for target in sensitivities:
+        threshold = threshold_for_sensitivity(scores[infected], target)
+        empty = scores <= threshold
+        left_empty = {str(c): float(empty[(labels == c) & ~infected].mean())
+                      for c in dict.fromkeys(labels[~infected])}
+        points.append({"target_sensitivity": target, "threshold": threshold,
+                       "sensitivity": float((~empty[infected]).mean()),
+                       "empty_truth_left_empty": float(empty[~infected].mean()) if (~infected).any() else float("nan"),
+                       "left_empty": left_empty})
+    return points
+
+
 def calibrate(
     run: str | Path,  # run directory or its name under runs_dir
     specificity: float | None = None,  # share of empty-truth images (Non-COVID, Normal) to leave empty
@@ -108,5 +129,7 @@ def calibrate(
               "weights": "model.pth", "created": datetime.now().isoformat(timespec="seconds")}
     if kind == "gate_margin":
         result["gate_topk"] = cfg.get("gate_topk")
+    if infected.any():  # the trade-off around the chosen point, on the same split
+        result["operating_points"] = operating_points(scores, items.label.to_numpy(), infected)
     write_json(path, result)
     return result

@@ -333,6 +333,14 @@ def calibrate_cmd(
     typer.echo(f"{what}, chosen on {result['split']} for {result['target']} {result['target_value']:g}: "
                f"{result['specificity_reached']:.3f} of {result['n_empty']} empty-truth images left empty, "
                f"{result['sensitivity']:.3f} of {result['n_infected']} COVID-19 images outlined")
+    points = result.get("operating_points") or []
+    if points:
+        classes = list(points[0]["left_empty"])
+        typer.echo(f"Other operating points on {result['split']} (choose one with --sensitivity S --force):")
+        typer.echo("  sensitivity  threshold  " + "  ".join(f"{c} left empty" for c in classes))
+        for p in points:
+            typer.echo(f"  {p['sensitivity']:11.3f}  {p['threshold']:9.4f}  "
+                       + "  ".join(f"{p['left_empty'][c]:{len(c) + 11}.3f}" for c in classes))
 
 
 @app.command("report")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from covfast.calibrate import threshold_for_sensitivity, threshold_for_specificity
+from covfast.calibrate import operating_points, threshold_for_sensitivity, threshold_for_specificity
 from covfast.cli import app
 from covfast.errors import CovfastError
 from covfast.metrics import gate_empty
@@ -51,6 +51,22 @@ def test_threshold_for_sensitivity_hand_cases():
         threshold_for_sensitivity(np.array([]), 0.9)
 
 
+def test_operating_points_hand_case():
+    "Each target sensitivity's threshold and the share of each empty-truth class it leaves empty."
+    infected_scores = np.arange(1, 11) / 10  # 0.1 .. 1.0
+    empty_scores = np.array([0.05, 0.15, 0.5, 0.01, 0.02, 0.3])
+    scores = np.concatenate([infected_scores, empty_scores])
+    labels = np.array(["COVID-19"] * 10 + ["Non-COVID"] * 3 + ["Normal"] * 3)
+    infected = labels == "COVID-19"
+    at_90, at_95 = operating_points(scores, labels, infected, (0.90, 0.95))
+    # 0.90 of 10 keeps 9: the threshold sits just below 0.2, emptying 0.05 and 0.15, 0.01 and 0.02
+    assert 0.19 < at_90["threshold"] < 0.2 and at_90["sensitivity"] == 0.9
+    assert at_90["left_empty"] == {"Non-COVID": 2 / 3, "Normal": 2 / 3} and at_90["empty_truth_left_empty"] == 4 / 6
+    # 0.95 of 10 needs all 10: just below 0.1, so only 0.05 of Non-COVID and both low Normal scores
+    assert 0.09 < at_95["threshold"] < 0.1 and at_95["sensitivity"] == 1.0
+    assert at_95["left_empty"] == {"Non-COVID": 1 / 3, "Normal": 2 / 3} and at_95["empty_truth_left_empty"] == 0.5
+
+
 def test_calibrate_picks_the_threshold_hand_made_scores_say(synth_root, tmp_path, fake_run, monkeypatch):
     "On Val, with the image head's scores replaced by hand-made ones: the threshold and what it reaches."
     import covfast.calibrate as calibrate_mod
@@ -70,6 +86,12 @@ def test_calibrate_picks_the_threshold_hand_made_scores_say(synth_root, tmp_path
     # empty-truth scores sorted: .05 .1 .2 .4 .5 .65; 80% of 6 -> 5 emptied -> threshold 0.5
     assert saved["threshold"] == 0.5 and saved["split"] == "Val" and saved["kind"] == "image_probability"
     assert saved["specificity_reached"] == pytest.approx(5 / 6) and saved["sensitivity"] == pytest.approx(5 / 6)
+    # the trade-off beside it: every listed sensitivity (0.90 and up) of 6 images keeps all 6, so the
+    # threshold sits just below 0.3 and leaves the 3 Non-COVID scores under it empty
+    points = saved["operating_points"]
+    assert [p["target_sensitivity"] for p in points] == [0.90, 0.95, 0.98, 0.99]
+    assert all(0.29 < p["threshold"] < 0.3 and p["left_empty"] == {"Non-COVID": 0.5} for p in points)
+    assert "Other operating points on Val" in result.stdout and "Non-COVID left empty" in result.stdout
     forced = runner.invoke(app, ["calibrate", "head", "--sensitivity", "1.0", "--force"])
     assert forced.exit_code == 0, forced.output
     saved = json.loads((run / "calibration.json").read_text())
