@@ -50,6 +50,11 @@ class HorizontalFlipTTA(nn.Module):
         return torch.cat([prob.clamp_min(1e-6).log(), out[:, 2:]], dim=1)
 
 
+def cut(value: float, digits: int = 4) -> str:
+    "A figure cut (not rounded) to `digits` decimals, as covfast's docs quote them."
+    return f"{np.floor(value * 10**digits) / 10**digits:.{digits}f}"
+
+
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     total = pred.sum() + truth.sum()
     return 1.0 if total == 0 else float(2 * (pred & truth).sum() / total)
@@ -97,15 +102,15 @@ def main() -> None:
     print(f"{Path(args.run).name}, {args.split}, {n} COVID-19 images, mean per-image Dice with every image outlined:")
     for t in THRESHOLDS:
         note = " (argmax: the run's own masks)" if t == 0.5 else ""
-        print(f"  infection probability > {t}: {table[f'dice_pixel_{t}'].mean():.4f}{note};"
-              f" with horizontal-flip TTA: {table[f'dice_hflip_tta_{t}'].mean():.4f}")
-    print(f"  argmax kept inside the true lung mask: {table.dice_in_true_lung.mean():.4f}")
-    print(f"  the truth at the model's input size and back: {table.dice_truth_round_trip.mean():.4f}")
+        print(f"  infection probability > {t}: {cut(table[f'dice_pixel_{t}'].mean())}{note};"
+              f" with horizontal-flip TTA: {cut(table[f'dice_hflip_tta_{t}'].mean())}")
+    print(f"  argmax kept inside the true lung mask: {cut(table.dice_in_true_lung.mean())}")
+    print(f"  the truth at the model's input size and back: {cut(table.dice_truth_round_trip.mean())}")
     quartile = pd.qcut(table.lesion_share, 4)
     for band, group in table.groupby(quartile, observed=True):
         print(f"  lesion share {band.left:.4f}-{band.right:.4f} of the image: {len(group)} images,"
-              f" Dice {group['dice_pixel_0.5'].mean():.4f}")
-    print(f"  images with Dice < 0.3: {(table['dice_pixel_0.5'] < 0.3).mean():.4f}")
+              f" Dice {cut(group['dice_pixel_0.5'].mean())}")
+    print(f"  images with Dice < 0.3: {cut((table['dice_pixel_0.5'] < 0.3).mean())}")
     print(f"wrote {out / 'segmentation_ceiling.csv'}")
 
 
