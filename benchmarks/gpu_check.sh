@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 3 and 6 in one script, for a machine with one CUDA GPU:
+# The GPU checks in one script, for a machine with one CUDA GPU:
 #   1. smoke: one epoch of each model on a tiny synthetic tree on CUDA, and an evaluation (stops on failure);
 #   2. benchmarks/bench.py at 256 px, bs 32, on the real data (alone on the GPU);
 #   3. both models at 256 px for 30 epochs on the real data, from scratch (the two share the GPU), and beside them
-#   4. a 128 px / 6-epoch recipe sweep from scratch (issue 3's CPU budget), three runs at a time.
+#   4. a 128 px / 6-epoch recipe sweep from scratch (the CPU budget), three runs at a time.
 # Everything ends by DEADLINE seconds after the start; run directories (without weights) and logs are
 # packed into $OUT/runs.tgz, the last history rows into $OUT/summary.txt.
 # Usage: OUT=/tmp/gpu-out DATA=path/to/covid-qu-ex bash benchmarks/gpu_check.sh

@@ -7,6 +7,8 @@
 # head trained on two classes (no Normal images), no head (pixel-evidence gate, three classes,
 # calibrated on Val like the head), and a heavier head loss (--cls-weight 3).
 # Usage: bash benchmarks/image_head.sh [DATA_ROOT] ; ARCHS=, SEEDS=, BASELINE=0, ABLATIONS=1 override.
+# The same protocol at the study's budget on a GPU: SIZE=256 EPOCHS=30 BS=16 DEVICE=cuda (defaults: the
+# CPU budget, 128 px, 6 epochs, bs 8, covfast's own device choice).
 # About 1.5 hours on 2 CPU cores with bf16 (the ResNet34 runs are most of it); in the background:
 #   nohup bash benchmarks/image_head.sh ../shared/data/covid-qu-ex > image_head.log 2>&1 &
 set -euo pipefail
@@ -16,7 +18,8 @@ runs=()
 train() {  # NAME ARCH ARGS...
   local name=$1 arch=$2; shift 2
   local start=$(date +%s)
-  covfast train "$arch" --data "$data" --size 128 --epochs 6 --bs 8 --no-pretrained --name "$name" "$@"
+  covfast train "$arch" --data "$data" --size "${SIZE:-128}" --epochs "${EPOCHS:-6}" --bs "${BS:-8}" \
+    ${DEVICE:+--device "$DEVICE"} --no-pretrained --name "$name" "$@"
   echo "== $name: training wall $(($(date +%s) - start)) s on $(nproc) CPU cores"
 }
 recipe() {  # ARCH -> its training options (the best of the 6-epoch sweeps before the head)

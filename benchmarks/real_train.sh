@@ -15,8 +15,8 @@ stamp=$(date +%Y%m%d-%H%M%S)
 # AUGMENT=0 trains without augmentation: better on the GPU sweep (README "What helps at 6 epochs"),
 # worse in one CPU run (attention-unet 0.6744 / 0.2661 against 0.6826 / 0.3090), so within the spread.
 # Passing --dice-weight 4 raised the valid COVID Dice of both models (attention-unet 0.7018, resnet34
-# 0.6798) and lowered Non-COVID Dice (0.0815, 0.3090): README "Weighting the Dice term".
-# AUGMENT=0 ARCHS=resnet34 ... --dice-weight 4 beat the two baselines on Val (COVID Dice 0.6946,
+# 0.6798) and lowered Non-COVID Dice (0.0815, 0.3090): docs/results.md "Weighting the Dice term".
+# AUGMENT=0 ARCHS=resnet34 ... --dice-weight 4 beat the two plain baselines (smp Unet-ResNet34, fastai unet_learner) on Val (COVID Dice 0.6946,
 # 35.2% of Non-COVID left empty; 3833 s); with --seed 1 it did not (model.pth = epoch 5: 0.6810, 39.9%; 3765 s).
 # LR_ATTENTION=2e-3 ARCHS=attention-unet ... --dice-weight 4, then covfast calibrate RUN --specificity 0.3:
 # COVID Dice 0.6969, 27.04% of Non-COVID left empty (63 of 233; 670 s); with --seed 1: 0.7091, 27.04% (644 s).
