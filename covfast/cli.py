@@ -16,7 +16,7 @@ except ImportError:
 from typer.core import TyperGroup, TyperOption
 
 from . import __version__
-from .config import load_config
+from .config import DEFAULT_CLS_WEIGHT, load_config
 from .errors import CovfastError, format_problems
 
 __all__ = ["app", "main"]
@@ -189,7 +189,7 @@ def train_cmd(
     precision: PrecisionOpt = None,
     device: DeviceOpt = None,
     workers: WorkersOpt = None,
-    cls_weight: Annotated[float, typer.Option("--cls-weight", min=0.0, help="Weight of the image-level head's loss (BCE on 'this X-ray has COVID-19 infection'); an image the head calls negative gets an empty mask. 0: no head, segmentation alone.")] = 1.0,
+    cls_weight: Annotated[float, typer.Option("--cls-weight", min=0.0, help="Weight of the image-level head's loss (BCE on 'this X-ray has COVID-19 infection'); an image the head calls negative gets an empty mask. 0: no head, segmentation alone.")] = DEFAULT_CLS_WEIGHT,
     gate_topk: Annotated[float, typer.Option("--gate-topk", min=0.0, max=1.0, help="The older pixel-evidence gate: outside training, call an image infected only if its top share of pixels (this share) is on average infection; 0 (default) turns it off.")] = 0.0,
     empty_weight: Annotated[float, typer.Option("--empty-weight", min=0.0, help="Weight of an extra image-level loss term against false positives on empty masks; 0 gives plain CE + Dice.")] = 0.0,
     dice_weight: Annotated[float, typer.Option("--dice-weight", min=0.0, help="Weight of the loss's Dice term; cross-entropy has weight 1.")] = 1.0,

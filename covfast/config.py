@@ -12,13 +12,17 @@ from typing import Any, Mapping
 
 from .errors import CovfastError
 
-__all__ = ["CLASSES", "MINIMUMS", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
+__all__ = ["CLASSES", "DEFAULT_CLS_WEIGHT", "MINIMUMS", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
 
 # The three class folders of COVID-QU-Ex, in the dataset's order.
 CLASSES: tuple[str, ...] = ("COVID-19", "Non-COVID", "Normal")
 # covfast trains on all three by default (Normal X-rays are most of what a user sees); `--classes
 # COVID-19,Non-COVID` is the reference study's set, for comparisons with it.
 DEFAULT_CLASSES: tuple[str, ...] = CLASSES
+# Weight of the image-level head's BCE beside the segmentation loss. 0.3 rather than 1: on Val (128 px,
+# 6 epochs, from scratch) the ResNet34 U-Net scored better on every figure with it, and the Attention
+# U-Net kept more COVID-19 Dice for some empty masks (docs/results.md, "A lighter head loss").
+DEFAULT_CLS_WEIGHT: float = 0.3
 SETTINGS_SECTION = "covfast"
 
 

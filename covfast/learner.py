@@ -20,7 +20,7 @@ from fastai.vision.learner import create_unet_model, model_meta
 from fastai.vision.models.unet import DynamicUnet
 from torch import nn
 
-from .config import Config
+from .config import DEFAULT_CLS_WEIGHT, Config
 from .data import covid_dataloaders, loader_settings
 from .errors import CovfastError
 from .losses import SegLoss
@@ -144,7 +144,7 @@ def covfast_learner(
     dice_weight: float = 1.0,  # weight of `SegLoss`'s Dice term
     gate_topk: float = 0.0,  # `gate_empty`'s share of pixels at inference (runs before the image head); 0: off
     gate_margin: float = 0.0,  # `gate_empty`'s evidence threshold (`covfast calibrate` sets it)
-    cls_weight: float = 1.0,  # weight of the image head's BCE; 0 builds the model without the head
+    cls_weight: float = DEFAULT_CLS_WEIGHT,  # weight of the image head's BCE; 0 builds the model without the head
     threshold: float = 0.5,  # the image probability at or below which a mask is empty (`covfast calibrate` sets it)
     warn: bool = True,  # print the one-line warning when pretrained weights cannot be had
     precision: str | None = "auto",  # auto, fp32 or bf16, as --precision; None: fp32, no callbacks (the caller sets it)

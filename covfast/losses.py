@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from fastai.losses import CrossEntropyLossFlat, DiceLoss
 from fastai.torch_core import TensorBase
 
+from .config import DEFAULT_CLS_WEIGHT
 from .metrics import decided_infection, evidence_scores, image_probability
 
 __all__ = ["SegLoss"]
@@ -31,7 +32,7 @@ class SegLoss:
         topk: float = 0.005,  # share of pixels whose margins score an image (the empty_weight term)
         axis: int = 1,
         dice_weight: float = 1.0,  # weight of the Dice term against cross-entropy's 1
-        cls_weight: float = 1.0,  # weight of the image head's BCE (used only when the output has the head's channel)
+        cls_weight: float = DEFAULT_CLS_WEIGHT,  # weight of the image head's BCE (used only when the output has the head's channel)
         threshold: float = 0.5,  # image probability at or below which the mask is empty
     ):
         self.empty_weight, self.topk, self.axis, self.dice_weight = empty_weight, topk, axis, dice_weight

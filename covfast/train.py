@@ -18,7 +18,7 @@ from fastai.learner import Learner
 
 from . import distributed
 from .callbacks import RunDiverged, RunDirCallback, restore_random_states
-from .config import Config, parse_lr
+from .config import DEFAULT_CLS_WEIGHT, Config, parse_lr
 from .dataset import check_tree, resolve_root
 from .errors import CovfastError, format_problems
 from .learner import learner_for_config, pick_device
@@ -98,7 +98,7 @@ def train(
     features: tuple[int, ...] = DEFAULT_FEATURES,  # attention-unet channel widths
     empty_weight: float = 0.0,  # weight of the loss's image-level term
     dice_weight: float = 1.0,  # weight of the loss's Dice term (cross-entropy has 1)
-    cls_weight: float = 1.0,  # weight of the image head's BCE in the loss; 0: no image head (segmentation alone)
+    cls_weight: float = DEFAULT_CLS_WEIGHT,  # weight of the image head's BCE in the loss; 0: no image head (segmentation alone)
     gate_topk: float = 0.0,  # pixel-evidence gate at inference (before the image head): share of pixels; 0: off
     augment: bool = True,  # `xray_augmentations` on the training batches
     keep_checkpoint: bool = False,  # keep checkpoint.pth (weights + optimizer state) once the run is complete

@@ -82,7 +82,7 @@ def test_the_demos_short_training_learns_the_synthetic_infection(tmp_path):
     Chance cannot get there: painting every pixel scores a COVID-19 Dice of 2|G|/(N+|G|), 0.079 on average
     and 0.114 at most on these images (the infection covers a few percent of the image, checked below), an
     empty prediction scores 0, and a decision that ignores the image outlines all or none. Measured (2 CPU
-    cores, bf16, 20.5 s of training): COVID-19 Dice 0.6999, COVID-19 images outlined 1.0, empty-truth images left
+    cores, bf16, 20.5 s of training, head weight 1): COVID-19 Dice 0.6999, COVID-19 images outlined 1.0, empty-truth images left
     empty 1.0, image-level AUC 0.998.
     """
     s = DEMO_SETTINGS

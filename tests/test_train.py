@@ -42,9 +42,9 @@ def test_cli_training_writes_every_run_file(synth_root, tmp_path, arch):
     assert history[["valid_dice_covid", "valid_dice_noncovid", "valid_dice_mean"]].apply(lambda c: c.between(0, 1)).all().all()
     cfg = read_json(run / "config.json")
     assert cfg["arch"] == arch and cfg["pretrained"] is False and cfg["status"] == "complete"
-    # all three classes by default, and the image head (cls_weight 1)
+    # all three classes by default, and the image head (cls_weight 0.3)
     assert cfg["counts"]["Train"] == {"COVID-19": 6, "Non-COVID": 6, "Normal": 6} and cfg["versions"]["fastai"]
-    assert cfg["classes"] == ["COVID-19", "Non-COVID", "Normal"] and cfg["cls_weight"] == 1.0
+    assert cfg["classes"] == ["COVID-19", "Non-COVID", "Normal"] and cfg["cls_weight"] == 0.3
     assert history[["valid_dice_normal", "valid_auc"]].notna().all().all()
     weights = load_weights(run / "model.pth")
     assert all(isinstance(v, torch.Tensor) for v in weights.values())
