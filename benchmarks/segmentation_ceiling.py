@@ -33,21 +33,20 @@ from torch import nn
 from covfast.data import read_mask
 from covfast.evaluate import split_items
 from covfast.inference import iter_logits, load_run
+from covfast.metrics import confusion_counts, dice_from_counts
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 
 
-class HorizontalFlipTTA(nn.Module):
-    "The model's output for the image and for its mirror image (flipped back), logits of the mean probability."
+class WithMirror(nn.Module):
+    "The model's segmentation logits for the image and for its mirror image (flipped back), side by side: (B, 4, H, W)."
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, flipped = self.model(x).float(), self.model(x.flip(-1)).float().flip(-1)
-        prob = (F.softmax(out[:, :2], 1) + F.softmax(flipped[:, :2], 1)) / 2
-        return torch.cat([prob.clamp_min(1e-6).log(), out[:, 2:]], dim=1)
+        return torch.cat([self.model(x)[:, :2], self.model(x.flip(-1))[:, :2].flip(-1)], dim=1)
 
 
 def cut(value: float, digits: int = 4) -> str:
@@ -56,21 +55,27 @@ def cut(value: float, digits: int = 4) -> str:
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = pred.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * (pred & truth).sum() / total)
+    "Per-image Dice by covfast's own definition (`metrics`), as `covfast evaluate` scores it."
+    tp, fp, fn = confusion_counts(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])[0].tolist()
+    return float(dice_from_counts(tp, fp, fn))
 
 
-def infection_probability(learn, items: pd.DataFrame) -> list[torch.Tensor]:
-    "Per image, the infection channel's softmax probability at the model's resolution, no decision."
-    return [F.softmax(logits[:2], 0)[1] for _, logits, _ in iter_logits(learn, items, gated=False)]
+def infection_probabilities(learn, items: pd.DataFrame) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per image, the infection probability at the model's resolution, no decision: plain, and the mean of the
+    image's and its mirror image's (horizontal-flip TTA). One pass: the plain forward serves both."""
+    learn.model = WithMirror(learn.model)
+    plain, tta = [], []
+    for _, logits, _ in iter_logits(learn, items, gated=False):
+        prob, mirrored = F.softmax(logits[:2], 0)[1], F.softmax(logits[2:4], 0)[1]
+        plain.append(prob)
+        tta.append((prob + mirrored) / 2)
+    return plain, tta
 
 
 def ceiling(run: str, split: str, data: str | None) -> pd.DataFrame:
     learn, cfg, _ = load_run(run, device="cpu")
     items = split_items(data or cfg["data_root"], split, ("COVID-19",))
-    plain = infection_probability(learn, items)
-    learn.model = HorizontalFlipTTA(learn.model)
-    flipped = infection_probability(learn, items)
+    plain, flipped = infection_probabilities(learn, items)
     rows = []
     for i, item in items.iterrows():
         truth = read_mask(item.infection_mask).astype(bool)
