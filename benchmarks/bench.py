@@ -13,7 +13,7 @@ in one process:
   PNGs come from the in-memory cache);
 - the data pipeline alone (iterating the train DataLoader, augmentation included), images/s; its
   ratio to the training loop is `data_ratio`;
-- prediction through `covfast predict`'s code path (`iter_logits` + upsampling, PNGs decoded on the
+- prediction through `covfast predict`'s code path (`iter_outputs` + the decision's masks, PNGs decoded on the
   way) over the Val images `--repeats` times, each batch followed by a bare forward of a batch;
   `predict_ratio` is the median of the pairs' ratios (every pair's ratio is in the JSON);
 - forward GFLOPs per image (torch.utils.flop_counter), achieved GFLOP/s (training counts 3x the
@@ -47,14 +47,14 @@ import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 from fastai.callback.core import Callback, CancelFitException, CancelValidException
 from torch.utils.flop_counter import FlopCounterMode
 
-from covfast.config import Config
 from covfast.data import clear_cache, inference_dataloaders
 from covfast.dataset import scan_tree
-from covfast.learner import learner_for_config, pick_device
-from covfast.precision import Precision, cpu_runs_bf16, memory_format, resolve_precision, use_precision
+from covfast.decision import learner_decision
+from covfast.learner import learner_for_spec, pick_device
+from covfast.precision import Precision, cpu_runs_bf16, learner_precision, memory_format
 from covfast.losses import SegLoss
-from covfast.metrics import learner_threshold
-from covfast.inference import iter_logits, upsample_mask
+from covfast.inference import iter_outputs
+from covfast.spec import RunSpec
 from covfast.synth import write_synthetic
 
 
@@ -150,7 +150,7 @@ class BareStep:
         self.model, self.device, self.precision = copy.deepcopy(model).train(), device, precision
         self.x = random_batch(bs, size, device, fmt)
         self.y = (torch.rand(bs, size, size, device=device) > 0.8).long()
-        self.loss_func, self.opt = SegLoss(), torch.optim.Adam(self.model.parameters(), 1e-4)
+        self.loss_func, self.opt = SegLoss(RunSpec("attention-unet")), torch.optim.Adam(self.model.parameters(), 1e-4)
         for _ in range(warmup):
             self()
 
@@ -158,7 +158,7 @@ class BareStep:
         t = time.perf_counter()
         self.opt.zero_grad()
         with autocast(self.device, self.precision):
-            loss = self.loss_func(self.model(self.x).float(), self.y)  # the loss in fp32, as in the learner
+            loss = self.loss_func(self.model(self.x).map(lambda t: t.float()), self.y)  # the loss in fp32, as in the learner
         loss.backward()
         self.opt.step()
         sync(self.device)
@@ -186,11 +186,10 @@ class BareForward:
 def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, warmup_batches: int,
                peak_gflop_s: float, repeats: int = 3, pair_seconds: float = 60.0, precision: str = "auto") -> dict:
     # the learner `covfast train` builds: its loaders (workers and pinned memory on CUDA), seed and cuDNN settings
-    config = Config(img_size=size, bs=bs, seed=0)
-    cfg = {"arch": arch, **config.to_dict(), "data_root": str(Path(data).resolve()), "pretrained": False,
-           "device": device.type, "cls_weight": 1.0}  # with the image head, as `covfast train` builds it
-    learn, _ = learner_for_config(cfg, warn=False)
-    used = use_precision(learn, resolve_precision(precision, device))
+    spec = RunSpec(arch, data_root=str(Path(data).resolve()), img_size=size, bs=bs, seed=0, pretrained=False,
+                   precision=precision)  # with the image head, as `covfast train` builds it
+    learn, _ = learner_for_spec(spec, device=device, warn=False)
+    used = learner_precision(learn)
     fmt = memory_format(learn)
     model = learn.model.to(device)
     gflops = forward_gflops(model, size, device)
@@ -217,10 +216,10 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
     # the run's learner as `load_run` builds it (its precision callbacks stay): inference transforms only
     learn.dls = inference_dataloaders(size, bs, device=device)
     items = scan_tree(data)
-    items = items[(items.split == "Val") & items.label.isin(config.classes)].reset_index(drop=True)
+    items = items[(items.split == "Val") & items.label.isin(spec.classes)].reset_index(drop=True)
     learn.model.eval()
     forward = BareForward(learn.model, bs, size, device, used, fmt)
-    threshold = learner_threshold(learn)
+    decision = learner_decision(learn)
     predict_s, forward_s = [], []
     start, passes = time.perf_counter(), 0
     with torch.no_grad():
@@ -229,8 +228,8 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
             passes += 1
             clear_cache()
             t, first = time.perf_counter(), True
-            for i, logits, _ in iter_logits(learn, items, bs=bs):
-                upsample_mask(logits, (size, size), threshold)
+            for i, out, _ in iter_outputs(learn, items, bs=bs):
+                decision.mask(out, (size, size))
                 if (i + 1) % bs == 0:
                     sync(device)
                     if not first:  # the first batch of a pass also pays for starting the loader

@@ -25,17 +25,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from covfast.evaluate import score_items, split_items  # noqa: E402
-from covfast.inference import iter_logits, load_run  # noqa: E402
-from covfast.metrics import evidence_scores, image_probability, learner_gate, learner_threshold  # noqa: E402
+from covfast.decision import evidence_scores, image_probability  # noqa: E402
+from covfast.inference import iter_outputs, load_run  # noqa: E402
 
 
 def scores_of(learn, items: pd.DataFrame) -> dict[str, np.ndarray]:
     "Per image, each score a decision can threshold: the head's probability (if any) and the pixel evidence."
     head, evidence = [], []
-    for _, logits, _ in iter_logits(learn, items, gated=False):
-        prob = image_probability(logits[None])
+    for _, out, _ in iter_outputs(learn, items):
+        prob = image_probability(out)
         head.append(float(prob[0]) if prob is not None else np.nan)
-        evidence.append(float(evidence_scores(logits[None], 0.02)[0]))
+        evidence.append(float(evidence_scores(out.infection, 0.02)[0]))
     out = {"pixel evidence (top 2%)": np.array(evidence)}
     if not np.isnan(head).any():
         out["image head probability"] = np.array(head)
@@ -43,8 +43,8 @@ def scores_of(learn, items: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def tradeoff(run: str, split: str, data: str | None, shares: np.ndarray) -> tuple[pd.DataFrame, dict]:
-    learn, cfg, _ = load_run(run, device="cpu")
-    items = split_items(data or cfg["data_root"], split, tuple(cfg["classes"]))
+    learn, loaded = load_run(run, device="cpu")
+    items = split_items(data or loaded.spec.data_root, split, loaded.spec.classes)
     per_image = score_items(learn, items, decided=False)  # each decision is applied below, per threshold
     covid, empty_truth = (per_image["class"] == "COVID-19").to_numpy(), (per_image.tp + per_image.fn == 0).to_numpy()
     labels = per_image["class"].to_numpy()
@@ -59,10 +59,10 @@ def tradeoff(run: str, split: str, data: str | None, shares: np.ndarray) -> tupl
 
     scores = scores_of(learn, items)
     rows = [at(name, v, t) for name, v in scores.items() for t in [-np.inf, *np.quantile(v[~covid], shares)]]
-    gate = learner_gate(learn)
-    own = (at("image head probability", scores["image head probability"], learner_threshold(learn))
+    decision = loaded.decision
+    own = (at("image head probability", scores["image head probability"], decision.threshold)
            if "image head probability" in scores else
-           at("pixel evidence (top 2%)", scores["pixel evidence (top 2%)"], gate.margin if gate else -np.inf))
+           at("pixel evidence (top 2%)", scores["pixel evidence (top 2%)"], decision.gate_margin if decision.gate_topk else -np.inf))
     return pd.DataFrame(rows), own
 
 

@@ -32,21 +32,21 @@ from torch import nn
 
 from covfast.data import read_mask
 from covfast.evaluate import split_items
-from covfast.inference import iter_logits, load_run
+from covfast.inference import iter_outputs, load_run
 from covfast.metrics import confusion_counts, dice_from_counts
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 
 
-class WithMirror(nn.Module):
-    "The model's segmentation logits for the image and for its mirror image (flipped back), side by side: (B, 4, H, W)."
+class Mirrored(nn.Module):
+    "The model's outputs for the mirror image of its input, flipped back (the image logit as it is)."
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model(x)[:, :2], self.model(x.flip(-1))[:, :2].flip(-1)], dim=1)
+    def forward(self, x: torch.Tensor):
+        return self.model(x.flip(-1)).map(lambda t: t.flip(-1) if t.ndim == 4 else t)
 
 
 def cut(value: float, digits: int = 4) -> str:
@@ -62,19 +62,20 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def infection_probabilities(learn, items: pd.DataFrame) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per image, the infection probability at the model's resolution, no decision: plain, and the mean of the
-    image's and its mirror image's (horizontal-flip TTA). One pass: the plain forward serves both."""
-    learn.model = WithMirror(learn.model)
-    plain, tta = [], []
-    for _, logits, _ in iter_logits(learn, items, gated=False):
-        prob, mirrored = F.softmax(logits[:2], 0)[1], F.softmax(logits[2:4], 0)[1]
-        plain.append(prob)
-        tta.append((prob + mirrored) / 2)
-    return plain, tta
+    image's and its mirror image's (horizontal-flip TTA)."""
+    probability = lambda out: F.softmax(out.infection[0], 0)[1]  # noqa: E731
+    plain = [probability(out) for _, out, _ in iter_outputs(learn, items)]
+    model, learn.model = learn.model, Mirrored(learn.model)
+    try:
+        mirrored = [probability(out) for _, out, _ in iter_outputs(learn, items)]
+    finally:
+        learn.model = model
+    return plain, [(p + m) / 2 for p, m in zip(plain, mirrored)]
 
 
 def ceiling(run: str, split: str, data: str | None) -> pd.DataFrame:
-    learn, cfg, _ = load_run(run, device="cpu")
-    items = split_items(data or cfg["data_root"], split, ("COVID-19",))
+    learn, loaded = load_run(run, device="cpu")
+    items = split_items(data or loaded.spec.data_root, split, ("COVID-19",))
     plain, flipped = infection_probabilities(learn, items)
     rows = []
     for i, item in items.iterrows():

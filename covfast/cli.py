@@ -16,7 +16,7 @@ except ImportError:
 from typer.core import TyperGroup, TyperOption
 
 from . import __version__
-from .config import DEFAULT_CLS_WEIGHT, load_config
+from .config import DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, load_config
 from .errors import CovfastError, format_problems
 
 __all__ = ["app", "main"]
@@ -146,9 +146,6 @@ ClassesOpt = Annotated[Optional[str], typer.Option(
                       "COVID-19,Non-COVID for the reference study's setting. Default: classes (all).",
     show_default=False)]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed. Default: seed.", show_default=False)]
-PretrainedOpt = Annotated[bool, typer.Option(
-    "--pretrained/--no-pretrained", help="Start the encoder from ImageNet weights (downloaded once, then cached); "
-                                         "offline, covfast warns and trains from scratch.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", help="cpu or cuda. Default: cuda when PyTorch sees a GPU, else cpu.", show_default=False)]
 PrecisionOpt = Annotated[Optional[str], typer.Option(
@@ -159,17 +156,37 @@ WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", min=0, help="DataLoader worker processes. Default: num_workers (0 on CPU; up to 8 on CUDA).", show_default=False)]
 
 
-def _parse_features(value: str, arch: str) -> tuple[int, ...]:
-    "--features '16,32,64' -> (16, 32, 64); only attention-unet has them."
-    if arch != "attention-unet":
-        raise CovfastError(f"--features sets attention-unet's widths; {arch} takes its widths from its encoder")
-    try:
-        widths = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        widths = ()
-    if len(widths) < 2 or min(widths) < 1:
-        raise CovfastError(f"--features {value!r}: give two or more positive integers, e.g. 16,32,64,128,256")
-    return widths
+ClsWeightOpt = Annotated[Optional[float], typer.Option(
+    "--cls-weight", min=0.0, help=f"Weight of the image-level head's loss (BCE on 'this X-ray has COVID-19 infection'); an "
+                                  f"image the head calls negative gets an empty mask. 0: no head, segmentation alone. "
+                                  f"Default: {DEFAULT_CLS_WEIGHT}.", show_default=False)]
+LungWeightOpt = Annotated[Optional[float], typer.Option(
+    "--lung-weight", min=0.0, help=f"Weight of the lung output's loss (cross-entropy + Dice on the lung masks): the model "
+                                   f"outlines the lungs too, for severity on any X-ray. 0: no lung output. "
+                                   f"Default: {DEFAULT_LUNG_WEIGHT}.", show_default=False)]
+DiceWeightOpt = Annotated[Optional[float], typer.Option(
+    "--dice-weight", min=0.0, help="Weight of the loss's Dice term; cross-entropy has weight 1. Default: 1.0.", show_default=False)]
+FeaturesOpt = Annotated[Optional[str], typer.Option(
+    "--features", help="attention-unet channel widths per level, comma-separated; the count sets the depth. Default: "
+                       "16,32,64,128,256 (8.35 GFLOPs per 256x256 image; 32,...,512: 33.3).", show_default=False)]
+AugmentOpt = Annotated[Optional[bool], typer.Option(
+    "--augment/--no-augment", help="Random rotation, zoom, warp and lighting on training batches (no flips). Default: augment.",
+    show_default=False)]
+PretrainedFlag = Annotated[Optional[bool], typer.Option(
+    "--pretrained/--no-pretrained", help="Start the encoder from ImageNet weights (downloaded once, then cached); "
+                                         "offline, covfast warns and trains from scratch. Default: pretrained.",
+    show_default=False)]
+Fp16Opt = Annotated[Optional[bool], typer.Option(
+    "--fp16/--no-fp16", help="The old name of --precision: --no-fp16 is --precision fp32.", show_default=False, hidden=True)]
+
+
+def _precision_flag(precision: str | None, fp16: bool | None) -> str | None:
+    "--precision, or the fp32 that the old --no-fp16 asks for; both at once must agree."
+    if fp16 is False:
+        if precision not in (None, "fp32"):
+            raise CovfastError(f"--no-fp16 asks for fp32 and --precision asks for {precision}: give one of them")
+        return "fp32"
+    return precision
 
 
 @app.command("train")
@@ -181,46 +198,41 @@ def train_cmd(
     bs: BsOpt = None,
     size: SizeOpt = None,
     classes: ClassesOpt = None,
-    pretrained: PretrainedOpt = True,
+    pretrained: PretrainedFlag = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run directory name under runs_dir. Default: <arch>-<YYYYmmdd-HHMMSS>.", show_default=False)] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue this interrupted run (path or name) from its last completed epoch.", show_default=False)] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue this interrupted run (path or name) from its last completed epoch, with its own settings.", show_default=False)] = None,
     seed: SeedOpt = None,
-    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="--no-fp16 is --precision fp32 (kept for older scripts).")] = True,
+    fp16: Fp16Opt = None,
     precision: PrecisionOpt = None,
     device: DeviceOpt = None,
     workers: WorkersOpt = None,
-    cls_weight: Annotated[float, typer.Option("--cls-weight", min=0.0, help="Weight of the image-level head's loss (BCE on 'this X-ray has COVID-19 infection'); an image the head calls negative gets an empty mask. 0: no head, segmentation alone.")] = DEFAULT_CLS_WEIGHT,
-    gate_topk: Annotated[float, typer.Option("--gate-topk", min=0.0, max=1.0, help="The older pixel-evidence gate: outside training, call an image infected only if its top share of pixels (this share) is on average infection; 0 (default) turns it off.")] = 0.0,
-    empty_weight: Annotated[float, typer.Option("--empty-weight", min=0.0, help="Weight of an extra image-level loss term against false positives on empty masks; 0 gives plain CE + Dice.")] = 0.0,
-    dice_weight: Annotated[float, typer.Option("--dice-weight", min=0.0, help="Weight of the loss's Dice term; cross-entropy has weight 1.")] = 1.0,
-    features: Annotated[Optional[str], typer.Option("--features", help="attention-unet channel widths per level, comma-separated; the count sets the depth. Default: 16,32,64,128,256 (8.35 GFLOPs per 256x256 image; 32,...,512: 33.3).", show_default=False)] = None,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random rotation, zoom, warp and lighting on training batches (no flips).")] = True,
+    cls_weight: ClsWeightOpt = None,
+    lung_weight: LungWeightOpt = None,
+    dice_weight: DiceWeightOpt = None,
+    features: FeaturesOpt = None,
+    augment: AugmentOpt = None,
     keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pth (weights and optimizer state, for --resume) once the run is complete; by default only model.pth stays.")] = False,
 ) -> None:
     """Train a model with fastai's one-cycle schedule into a run directory (Ctrl-C keeps the last epoch's checkpoint)."""
-    from .models import DEFAULT_FEATURES, check_arch
-    from .runs import read_history, read_json, resolve_run
-    from .train import TrainingInterrupted, train
+    from . import distributed
+    from .runs import read_history
+    from .spec import RunSpec
+    from .train import TrainingInterrupted, resume as resume_run, train
 
-    config = load_config(data_path=data, epochs=epochs, lr=lr, bs=bs, img_size=size, classes=classes, seed=seed,
-                         num_workers=workers, precision=precision if fp16 else "fp32")
-    if resume is not None:
-        given = [flag for flag, value in [("--data", data), ("--epochs", epochs), ("--lr", lr), ("--bs", bs), ("--size", size),
-                                          ("--classes", classes), ("--seed", seed), ("--name", name), ("--features", features)]
-                 if value is not None]
-        if given:
-            raise CovfastError(f"--resume continues {resume} with its own settings (config.json); {', '.join(given)} "
-                               f"cannot change them: leave {'it' if len(given) == 1 else 'them'} out, or train a new run")
-        run_arch = read_json(resolve_run(resume, config.runs_dir) / "config.json").get("arch")
-        if run_arch != check_arch(arch):
-            raise CovfastError(f"run {resume} trained {run_arch}, not {arch}; use covfast train {run_arch} --resume {resume}")
+    settings = load_config(num_workers=workers)
+    flags = dict(data_root=data, img_size=size, bs=bs, epochs=epochs, lr=lr, classes=classes, seed=seed,
+                 precision=_precision_flag(precision, fp16), pretrained=pretrained, features=features,
+                 dice_weight=dice_weight, cls_weight=cls_weight, lung_weight=lung_weight, augment=augment,
+                 keep_checkpoint=keep_checkpoint or None)
     # lr_find can stop mid-epoch with its progress bar's line still open: its line starts a new one
     say = lambda line: typer.echo(("\n" if line.startswith("lr_find") else "") + line)  # noqa: E731
     try:
-        run_dir = train(arch, data, config, name=name, pretrained=pretrained, device=device, resume=resume,
-                        empty_weight=empty_weight, dice_weight=dice_weight, cls_weight=cls_weight, gate_topk=gate_topk, augment=augment,
-                        keep_checkpoint=keep_checkpoint,
-                        features=_parse_features(features, arch) if features else DEFAULT_FEATURES, say=say)
+        if resume is not None:
+            run_dir = resume_run(resume, {"arch": arch, **flags}, settings.runs_dir, name=name, device=device,
+                                 num_workers=settings.num_workers, say=say)
+        else:
+            run_dir = train(RunSpec.from_flags(arch, settings, **flags), name, settings.runs_dir, device=device,
+                            num_workers=settings.num_workers, say=say)
     except TrainingInterrupted as e:
         typer.echo(f"\nInterrupted after epoch {e.completed} of {e.epochs}; "
                    f"{'checkpoint kept' if e.completed else 'no epoch completed'}. "
@@ -228,7 +240,6 @@ def train_cmd(
         raise typer.Exit(130)
     except KeyboardInterrupt:
         raise typer.Exit(130)
-    from . import distributed
     if distributed.is_main():
         history = read_history(run_dir)
         best = history.loc[history.valid_dice_mean.idxmax()]
@@ -243,24 +254,36 @@ def lr_find_cmd(
     bs: BsOpt = None,
     size: SizeOpt = None,
     classes: ClassesOpt = None,
-    pretrained: PretrainedOpt = True,
+    pretrained: PretrainedFlag = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for lr_find.png and lr_find.csv. Default: runs_dir/lr-find-<arch>-<time>.", show_default=False)] = None,
     num_it: Annotated[int, typer.Option("--num-it", min=20, help="Mini-batches to try, from 1e-7 up.")] = 100,
     precision: PrecisionOpt = None,
+    workers: WorkersOpt = None,
+    cls_weight: ClsWeightOpt = None,
+    lung_weight: LungWeightOpt = None,
+    dice_weight: DiceWeightOpt = None,
+    features: FeaturesOpt = None,
+    augment: AugmentOpt = None,
 ) -> None:
-    """Run fastai's lr_find: print the valley, slide, minimum and steep suggestions and save the plot."""
+    """Run fastai's lr_find on the model `covfast train` builds from the same flags: print the valley, slide, minimum and steep suggestions and save the plot."""
+    from .spec import RunSpec
     from .train import find_lr
 
-    config = load_config(data_path=data, bs=bs, img_size=size, classes=classes, seed=seed, precision=precision)
-    values, path = find_lr(arch, data, config, out=out, pretrained=pretrained, device=device, num_it=num_it)
+    settings = load_config(num_workers=workers)
+    spec = RunSpec.from_flags(arch, settings, data_root=data, img_size=size, bs=bs, classes=classes, seed=seed,
+                              precision=precision, pretrained=pretrained, features=features, dice_weight=dice_weight,
+                              cls_weight=cls_weight, lung_weight=lung_weight, augment=augment)
+    values, path = find_lr(spec, out, settings.runs_dir, device=device, num_workers=settings.num_workers, num_it=num_it)
     typer.echo("\nlr_find suggestions:")  # on a new line: lr_find can stop with its progress bar's line open
     for key, value in values.items():
         typer.echo(f"{key:>8}: {value:.2e}" if value == value else f"{key:>8}: n/a (curve too short; raise --num-it)")
     typer.echo(f"plot: {path}")
 
 
+AllowCalibrationOpt = Annotated[bool, typer.Option(
+    "--allow-calibration-split", help="Score the split the run's threshold was calibrated on (its figures then flatter the run).")]
 RunArg = Annotated[str, typer.Argument(help="Run directory, or its name under runs_dir.", show_default=False)]
 SplitOpt = Annotated[str, typer.Option("--split", help="Split to score: Train, Val or Test.")]
 
@@ -273,40 +296,17 @@ def evaluate_cmd(
     bs: BsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
-    allow_calibration_split: Annotated[bool, typer.Option("--allow-calibration-split", help="Score the split the run's threshold was calibrated on (its figures then flatter the run).")] = False,
+    allow_calibration_split: AllowCalibrationOpt = False,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Classes to score, 'all' or a comma-separated subset. Default: those the run trained on.", show_default=False)] = None,
 ) -> None:
     """Score a run's best weights on a split at the masks' resolution; write eval/<split>/ tables."""
-    from .evaluate import confusion_table, evaluate, reference_table
-
     from .config import parse_classes
-    from .runs import read_json
+    from .evaluate import evaluate, evaluation_text
 
-    config = load_config(bs=bs, precision=precision)
-    per_image, summary, out = evaluate(run, split, data, config, device=device, progress=_progress("Scoring"),
-                                       allow_calibration_split=allow_calibration_split,
+    per_image, summary, out = evaluate(run, split, data, load_config(bs=bs, precision=precision), device=device,
+                                       progress=_progress("Scoring"), allow_calibration_split=allow_calibration_split,
                                        classes=parse_classes(classes) if classes else None)
-    with_ci = summary.assign(
-        dice=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.dice, summary.dice_ci_low, summary.dice_ci_high)],
-        iou=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.iou, summary.iou_ci_low, summary.iou_ci_high)])
-    cols = ["group", "n", "dice", "iou", "dice_pooled", "sensitivity", "specificity", "severity_mae", "severity_band_agreement"]
-    typer.echo(f"{len(per_image)} {split} images; Dice and IoU are per-image means with bootstrap 95% CI\n")
-    typer.echo(with_ci[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if summary.auc.notna().any():
-        aucs = summary[summary.auc.notna()]
-        typer.echo("\nImage level (is there COVID-19 infection?): ROC AUC of the head's probability, COVID-19 against\n")
-        for row in aucs.itertuples():
-            against = "every other image" if row.group == "All" else f"{row.group} images"
-            typer.echo(f"  {against:>20}: {row.auc:.4f} [{row.auc_ci_low:.3f}, {row.auc_ci_high:.3f}]")
-        typer.echo(f"\nDecision per class (an outline when the probability is above {read_json(out / 'summary.json')['threshold']:.4g}):\n")
-        typer.echo(confusion_table(per_image).to_string())
-    from .synth import is_synthetic
-    if is_synthetic(data or read_json(out.parent.parent / "config.json")["data_root"]):
-        typer.echo("\nAgainst the reference study: not comparable (synthetic data; it proves the pipeline, not accuracy)")
-    else:
-        typer.echo("\nAgainst the reference study (30 epochs):\n")
-        typer.echo(reference_table(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    typer.echo(f"\nWrote {out / 'per_image.csv'}, {out / 'summary.csv'}, {out / 'summary.json'}")
+    typer.echo(evaluation_text(per_image, summary, out))
 
 
 @app.command("calibrate")
@@ -320,27 +320,14 @@ def calibrate_cmd(
     device: DeviceOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the run's existing calibration.json.")] = False,
     precision: PrecisionOpt = None,
+    inside_lungs: Annotated[Optional[bool], typer.Option("--inside-lungs/--anywhere", help="Keep predicted infection inside the model's own predicted lungs, or anywhere (runs with the lung output). Default: inside-lungs.", show_default=False)] = None,
 ) -> None:
     """Choose the run's decision threshold on Val at a target sensitivity or specificity (calibration.json); evaluate, report, compare and predict then use it."""
-    from .calibrate import calibrate
+    from .calibrate import calibrate, calibration_text
 
-    if specificity is None and sensitivity is None:
-        sensitivity = 0.95
     result = calibrate(run, specificity, sensitivity, split, data, load_config(bs=bs, precision=precision), device=device,
-                       force=force, progress=_progress("Scoring"))
-    what = (f"threshold {result['threshold']:.4f} on the image probability" if "threshold" in result else
-            f"gate margin {result['gate_margin']:.4f} (top {result['gate_topk']:g} of pixels)")
-    typer.echo(f"{what}, chosen on {result['split']} for {result['target']} {result['target_value']:g}: "
-               f"{result['specificity_reached']:.3f} of {result['n_empty']} empty-truth images left empty, "
-               f"{result['sensitivity']:.3f} of {result['n_infected']} COVID-19 images outlined")
-    points = result.get("operating_points") or []
-    if points:
-        classes = list(points[0]["left_empty"])
-        typer.echo(f"Other operating points on {result['split']} (choose one with --sensitivity S --force):")
-        typer.echo("  sensitivity  threshold  " + "  ".join(f"{c} left empty" for c in classes))
-        for p in points:
-            typer.echo(f"  {p['sensitivity']:11.3f}  {p['threshold']:9.4f}  "
-                       + "  ".join(f"{p['left_empty'][c]:{len(c) + 11}.3f}" for c in classes))
+                       force=force, progress=_progress("Scoring"), inside_lungs=inside_lungs)
+    typer.echo(calibration_text(result))
 
 
 @app.command("report")
@@ -350,11 +337,13 @@ def report_cmd(
     data: DataOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    allow_calibration_split: AllowCalibrationOpt = False,
 ) -> None:
     """Write an interpretation report (report/index.html with PNG figures) for a run; evaluates first if needed."""
     from .report import report
 
-    path = report(run, split, load_config(precision=precision), device=device, progress=_progress("Scoring"), data=data)
+    path = report(run, split, load_config(precision=precision), device=device, progress=_progress("Scoring"), data=data,
+                  allow_calibration_split=allow_calibration_split)
     typer.echo(f"Report: {path}")
 
 
@@ -365,11 +354,13 @@ def compare_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. Default: runs_dir/compare-<time>.", show_default=False)] = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    allow_calibration_split: AllowCalibrationOpt = False,
 ) -> None:
     """Which model, where: metrics side by side, paired per-image Dice differences, the same images through each model."""
     from .compare import compare
 
-    path = compare(runs, split, out, load_config(precision=precision), device=device, progress=_progress("Scoring"))
+    path = compare(runs, split, out, load_config(precision=precision), device=device, progress=_progress("Scoring"),
+                   allow_calibration_split=allow_calibration_split)
     typer.echo(f"Comparison: {path}")
 
 
@@ -378,23 +369,23 @@ def predict_cmd(
     run: RunArg,
     paths: Annotated[list[Path], typer.Argument(help="X-ray files (PNG/JPEG, 8- or 16-bit, gray or RGB) and/or folders of them.", show_default=False)],
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. Default: <run>/predictions/<time>.", show_default=False)] = None,
-    lung_masks: Annotated[Optional[Path], typer.Option("--lung-masks", help="Folder of 0/255 lung masks named like the images: adds infection % of lung.", show_default=False)] = None,
+    lung_masks: Annotated[Optional[Path], typer.Option("--lung-masks", help="Folder of 0/255 lung masks named like the images, used instead of the model's own lungs for infection % of lung (runs trained before covfast outlined the lungs need them for it).", show_default=False)] = None,
     bs: BsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Outline infection in new X-rays: a 0/255 mask and a red overlay per image, and predictions.csv."""
+    """Outline infection and lungs in new X-rays: 0/255 masks, an overlay per image (infection red, lungs outlined in cyan), and predictions.csv with infection % of lung and its severity band."""
     from .predict import predict
 
     config = load_config(bs=bs, precision=precision)
-    report = lambda line: typer.echo(f"covfast: error: {line}", err=True)  # noqa: E731
+    report = lambda failure: typer.echo(f"covfast: error: {failure}", err=True)  # noqa: E731
     table, failures, folder = predict(run, paths, out, lung_masks, config, device=device,
-                                      progress=_progress("Predicting"), on_error=report)
+                                      progress=_progress("Predicting"), on_error=report, say=typer.echo)
     typer.echo(f"Wrote {len(table)} masks and overlays, and predictions.csv, to {folder}")
-    lung = sum("lung mask not used" in f for f in failures)
-    if len(failures) - lung:
-        typer.echo(f"covfast: {len(failures) - lung} of {len(failures) - lung + len(table)} files could not be read "
-                   f"(listed above)", err=True)
+    unread = sum(f.kind == "image" for f in failures)
+    lung = sum(f.kind == "lung_mask" for f in failures)
+    if unread:
+        typer.echo(f"covfast: {unread} of {unread + len(table)} files could not be read (listed above)", err=True)
     if lung:
         typer.echo(f"covfast: {lung} lung masks could not be used (listed above)", err=True)
     if failures:

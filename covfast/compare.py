@@ -7,17 +7,17 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
+from .cases import compare_picks, infer_cases
 from .config import Config
 from .errors import CovfastError
-from .evaluate import bootstrap_ci, evaluated
+from .evaluate import evaluated
+from .figures import case_figure
 from .inference import load_run
-from .predict import overlay
-from .report import html_page, html_table, infer_cases, synthetic_banner
-from .runs import read_json, resolve_run
+from .metrics import bootstrap_ci
+from .pages import html_page, html_table, synthetic_banner
+from .runs import read_run, resolve_run
 from .synth import is_synthetic
 
 __all__ = ["paired_differences", "compare"]
@@ -45,6 +45,7 @@ def compare(
     config: Config | None = None,
     device: str | None = None,
     progress=None,
+    allow_calibration_split: bool = False,  # compare on a split a run's threshold was calibrated on anyway
 ) -> Path:
     "Write index.html, metrics.csv, paired.csv and grid.png comparing `runs` on `split`; returns the page."
     config = config or Config()
@@ -55,12 +56,15 @@ def compare(
     names = [d.name for d in dirs]
     if len(set(names)) < len(names):
         raise CovfastError(f"the same run is named twice: {', '.join(names)}")
-    results = [evaluated(d, split, config=config, device=device, progress=progress)[:2] for d in dirs]
+    results = [evaluated(d, split, config=config, device=device, progress=progress,
+                         allow_calibration_split=allow_calibration_split)[:2] for d in dirs]
     out = Path(out) if out else Path(config.runs_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     if (out / "index.html").exists():
         raise CovfastError(f"{out} already holds a comparison; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["dice", "iou", "dice_pooled", "sensitivity", "specificity", "auc", "severity_mae"]
+    cols = ["dice", "iou", "dice_pooled", "sensitivity", "specificity", "auc", "lung_dice", "severity_mae",
+            "severity_mae_pred_lung"]
+    results = [(per, s.reindex(columns=list(dict.fromkeys([*s.columns, *cols])))) for per, s in results]  # runs from before the lung output
     metrics = pd.concat([s.set_index("group")[["n", *cols]].add_prefix(f"{n}: ") for n, (_, s) in zip(names, results)], axis=1)
     metrics.to_csv(out / "metrics.csv")
     # on the page: one row per class and metric, one column per run, so the runs read side by side
@@ -73,39 +77,22 @@ def compare(
                         for n, (per, _) in zip(names[1:], results[1:])], ignore_index=True)
     paired.to_csv(out / "paired.csv", index=False)
     # the same images through every model: COVID best/median/worst by mean Dice, and the biggest disagreement
-    merged = results[0][0][["image", "file", "class"]].copy()
+    dice = results[0][0][["image", "file", "class"]].copy()
     for n, (per, _) in zip(names, results):
-        merged[n] = merged.image.map(per.set_index("image").dice)
-    merged["mean"], merged["spread"] = merged[names].mean(axis=1), merged[names].max(axis=1) - merged[names].min(axis=1)
-    covid = merged[merged["class"] == "COVID-19"].sort_values("mean")
-    empty = merged[merged["class"] != "COVID-19"].sort_values("mean")  # empty truth: the worst is the most outlined
-    picks = pd.concat([covid.tail(1), covid.iloc[[len(covid) // 2]] if len(covid) else covid.head(0), covid.head(1),
-                       empty.head(1), merged.sort_values("spread", ascending=False).head(2)]).drop_duplicates("image")
-    rows = picks.assign(dice=picks["mean"])
-    preds = []
-    for d in dirs:
-        learn, cfg, _ = load_run(d, config.runs_dir, device, precision=config.precision)
-        preds.append(infer_cases(learn, rows))
-    fig, axes = plt.subplots(len(rows), 2 + len(dirs), figsize=(3 * (2 + len(dirs)), 3 * len(rows)), squeeze=False)
-    for r, ax_row in enumerate(axes):
-        first = preds[0][r]
-        ax_row[0].imshow(first["gray"], cmap="gray")
-        ax_row[0].set_title(f"{first['row']['file']} ({first['row']['label']})", fontsize=10)
-        truth = first["truth"] if first["truth"] is not None else np.zeros_like(first["pred"])
-        ax_row[1].imshow(overlay(first["gray"], truth, 0.6)), ax_row[1].set_title("ground truth", fontsize=10)
-        for c, (n, p) in enumerate(zip(names, preds)):
-            ax_row[2 + c].imshow(overlay(p[r]["gray"], p[r]["pred"], 0.6))
-            ax_row[2 + c].set_title(f"{n}\nDice {rows.iloc[r][n]:.3f}", fontsize=10)
-        for ax in ax_row:
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "grid.png", dpi=90)
-    plt.close(fig)
+        dice[n] = dice.image.map(per.set_index("image").dice)
+    rows = compare_picks(dice, names)
+    through = [infer_cases(load_run(d, config.runs_dir, device, precision=config.precision)[0], rows) for d in dirs]
+    cases = [{"title": f"{first['row']['file']} ({first['row']['label']})", "gray": first["gray"], "truth": first["truth"],
+              "truth_lung": first["truth_lung"],
+              "preds": [(f"{n}\nDice {rows.iloc[r][n]:.3f}", entries[r]["pred"], entries[r]["lung"])
+                        for n, entries in zip(names, through)]}
+             for r, first in enumerate(through[0])]
+    case_figure(cases, out / "grid.png", "The same images through every model")
     sections = [("Runs", "<ul>" + "".join(_run_item(n, d, out) for n, d in zip(names, dirs)) + "</ul>"),
                 (f"Metrics on {split}", html_table(side_by_side)),
                 (f"Paired per-image Dice difference (b - a, a = {names[0]})", html_table(paired)),
                 ("The same images through every model", "<img src='grid.png' alt='comparison grid'>")]
-    synthetic = any(is_synthetic(read_json(d / "config.json")["data_root"]) for d in dirs)
+    synthetic = any(is_synthetic(read_run(d)[0].data_root) for d in dirs)
     (out / "index.html").write_text(html_page(f"covfast comparison ({split})", sections, synthetic_banner(synthetic)))
     return out / "index.html"
 

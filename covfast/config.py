@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from .errors import CovfastError
 
-__all__ = ["CLASSES", "DEFAULT_CLS_WEIGHT", "MINIMUMS", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
+__all__ = ["CLASSES", "DEFAULT_CLS_WEIGHT", "DEFAULT_LUNG_WEIGHT", "MINIMUMS", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
 
 # The three class folders of COVID-QU-Ex, in the dataset's order.
 CLASSES: tuple[str, ...] = ("COVID-19", "Non-COVID", "Normal")
@@ -23,6 +23,8 @@ DEFAULT_CLASSES: tuple[str, ...] = CLASSES
 # 6 epochs, from scratch) the ResNet34 U-Net scored better on every figure with it, and the Attention
 # U-Net kept more COVID-19 Dice for some empty masks (docs/results.md, "A lighter head loss").
 DEFAULT_CLS_WEIGHT: float = 0.3
+# Weight of the lung output's loss (cross-entropy + dice_weight x Dice on the lung masks) beside the infection's.
+DEFAULT_LUNG_WEIGHT: float = 1.0
 SETTINGS_SECTION = "covfast"
 
 

@@ -18,20 +18,23 @@ from fastai.vision.core import AddMaskCodes, PILImage, PILMask, imagenet_stats
 from matplotlib.colors import ListedColormap
 from PIL import Image
 
-from .config import Config
+from .config import CLASSES
 from .dataset import scan_tree
 from .errors import CovfastError
 
-__all__ = ["CODES", "InfectionMask", "ItemCacheDL", "PILInfectionMask", "read_xray", "read_mask", "xray_pixels", "mask_pixels", "load_xray", "load_mask", "XRayBlock", "SegmentationBlock",
+__all__ = ["CODES", "LUNG_CODES", "InfectionMask", "LungMask", "ItemCacheDL", "PILInfectionMask", "PILLungMask", "read_xray",
+           "read_mask", "xray_pixels", "mask_pixels", "load_xray", "load_mask", "load_lung_mask", "XRayBlock", "SegmentationBlock",
            "xray_augmentations", "covid_datablock", "training_items", "covid_dataloaders", "inference_dataloaders",
            "loader_settings", "clear_cache"]
 
-# Output channel i of every model is class i: 0 background, 1 infection.
+# Output channel i of every model is class i: 0 background, 1 infection (the lung output: 0 background, 1 lung).
 CODES: list[str] = ["background", "infection"]
+LUNG_CODES: list[str] = ["background", "lung"]
 
 
-# Background transparent, infection red: the reference study's overlay colour.
+# Background transparent, infection red (the reference study's overlay colour), lungs cyan.
 INFECTION_CMAP = ListedColormap([(0.0, 0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 1.0)], name="infection")
+LUNG_CMAP = ListedColormap([(0.0, 0.0, 0.0, 0.0), (0.0, 0.85, 0.85, 1.0)], name="lung")
 
 
 class InfectionMask(TensorMask):
@@ -43,9 +46,19 @@ class InfectionMask(TensorMask):
         return super(TensorMask, self).show(ctx=ctx, **{"vmin": 0, "vmax": 1, **kwargs})
 
 
+class LungMask(InfectionMask):
+    "A 0/1 lung mask, shown in cyan; augmented with the X-ray like the infection mask (a TensorMask)."
+    _show_args = {"alpha": 0.3, "cmap": LUNG_CMAP, "interpolation": "nearest"}
+
+
 class PILInfectionMask(PILMask):
     "A PILMask that becomes an `InfectionMask` tensor."
     _tensor_cls = InfectionMask
+
+
+class PILLungMask(PILMask):
+    "A PILMask that becomes a `LungMask` tensor."
+    _tensor_cls = LungMask
 
 
 def read_xray(path: str | Path) -> np.ndarray:
@@ -101,8 +114,13 @@ def load_xray(item: str | Path | np.ndarray) -> PILImage:
 
 
 def load_mask(item: str | Path | np.ndarray) -> PILInfectionMask:
-    "A 0/255 mask (a file, or an HxW 0/1 array) as a PILMask of class indices 0/1."
+    "A 0/255 infection mask (a file, or an HxW 0/1 array) as a PILMask of class indices 0/1."
     return PILInfectionMask.create(mask_pixels(item))
+
+
+def load_lung_mask(item: str | Path | np.ndarray) -> PILLungMask:
+    "A 0/255 lung mask (a file, or an HxW 0/1 array) as a PILMask of class indices 0/1."
+    return PILLungMask.create(mask_pixels(item))
 
 
 class ItemCacheDL(TfmdDL):
@@ -137,9 +155,9 @@ def XRayBlock() -> TransformBlock:
     return TransformBlock(type_tfms=load_xray, batch_tfms=IntToFloatTensor)
 
 
-def SegmentationBlock(codes: list[str] = CODES) -> TransformBlock:
+def SegmentationBlock(codes: list[str] = CODES, loader=load_mask) -> TransformBlock:
     "fastai's `MaskBlock`, with masks stored as 0/255 read as class indices 0/1 and other values rejected."
-    return TransformBlock(type_tfms=load_mask, item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
+    return TransformBlock(type_tfms=loader, item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
 
 
 def xray_augmentations() -> list:
@@ -158,13 +176,14 @@ def covid_datablock(
     img_size: int,  # side of the square the items are resized to
     codes: list[str] = CODES,
     augment: bool = True,  # add `xray_augmentations` to the training batches
+    lungs: bool = False,  # the lung mask as a second target, after the infection mask
 ) -> DataBlock:
     "DataBlock over a `scan_tree` DataFrame with an `is_valid` column; ImageNet-normalised."
     batch_tfms = [*(xray_augmentations() if augment else []), Normalize.from_stats(*imagenet_stats)]
-    return DataBlock(blocks=(XRayBlock(), SegmentationBlock(codes)), dl_type=ItemCacheDL,
-                     get_x=ColReader("image"), get_y=ColReader("infection_mask"),
-                     splitter=ColSplitter("is_valid"),
-                     item_tfms=Resize(img_size, method=ResizeMethod.Squish),
+    blocks = (XRayBlock(), SegmentationBlock(codes), *([SegmentationBlock(LUNG_CODES, load_lung_mask)] if lungs else []))
+    get_y = [ColReader("infection_mask"), ColReader("lung_mask")] if lungs else ColReader("infection_mask")
+    return DataBlock(blocks=blocks, n_inp=1, dl_type=ItemCacheDL, get_x=ColReader("image"), get_y=get_y,
+                     splitter=ColSplitter("is_valid"), item_tfms=Resize(img_size, method=ResizeMethod.Squish),
                      batch_tfms=batch_tfms)
 
 
@@ -181,17 +200,19 @@ def training_items(df: pd.DataFrame, classes: tuple[str, ...], valid_split: str 
 
 
 def covid_dataloaders(
-    root: str | Path | None = None,  # dataset root (default: config.data_path)
-    config: Config | None = None,  # img_size, bs, classes, num_workers, seed
-    augment: bool = True,
+    root: str | Path,  # dataset root (any of the three accepted forms)
+    img_size: int = 256,  # side of the square the items are resized to
+    bs: int = 8,
+    classes: tuple[str, ...] = CLASSES,  # the classes to train and validate on
+    augment: bool = True,  # `xray_augmentations` on the training batches
+    lungs: bool = False,  # each item's lung mask too, as a second target
+    num_workers: int = 0,  # loader worker processes (0 keeps the PNG cache in this process)
     **kwargs,  # passed on to `DataBlock.dataloaders` (device, pin_memory, ...)
 ) -> DataLoaders:
-    "Train/Val `DataLoaders` for a COVID-QU-Ex tree with the run defaults of `config`."
-    config = config or Config()
-    items = training_items(scan_tree(root if root is not None else config.data_path, ("Train", "Val"), config.classes),
-                           config.classes)
-    dblock = covid_datablock(config.img_size, augment=augment)
-    return dblock.dataloaders(items, bs=config.bs, num_workers=config.num_workers, **kwargs)
+    "Train/Val `DataLoaders` for a COVID-QU-Ex tree: batches of (X-rays, infection masks[, lung masks])."
+    items = training_items(scan_tree(root, ("Train", "Val"), classes), classes)
+    dblock = covid_datablock(img_size, augment=augment, lungs=lungs)
+    return dblock.dataloaders(items, bs=bs, num_workers=num_workers, **kwargs)
 
 
 def loader_settings(device: torch.device, num_workers: int = 0) -> dict:
@@ -204,14 +225,15 @@ def loader_settings(device: torch.device, num_workers: int = 0) -> dict:
     return {"num_workers": n, "pin_memory": True, **({"persistent_workers": True} if n else {})}
 
 
-def inference_dataloaders(img_size: int, bs: int = 8, **kwargs) -> DataLoaders:
+def inference_dataloaders(img_size: int, bs: int = 8, lungs: bool = False, **kwargs) -> DataLoaders:
     """DataLoaders that carry only the validation transforms of `covid_datablock`, for `test_dl`.
 
     Built on two blank in-memory items, so a trained run predicts and evaluates without the data
     root it was trained on (a run directory copied to another machine works on its own).
     """
     blank = np.zeros((img_size, img_size), np.uint8)
-    items = pd.DataFrame({"image": [blank, blank], "infection_mask": [blank, blank], "is_valid": [False, True]})
+    items = pd.DataFrame({"image": [blank, blank], "infection_mask": [blank, blank], "lung_mask": [blank, blank],
+                          "is_valid": [False, True]})
     # no shuffling or dropped last batch: `dls.one_batch()` (DynamicUnet sizes itself with it) must work
-    return covid_datablock(img_size, augment=False).dataloaders(items, bs=bs, num_workers=0, shuffle=False,
-                                                                 drop_last=False, **kwargs)
+    return covid_datablock(img_size, augment=False, lungs=lungs).dataloaders(items, bs=bs, num_workers=0, shuffle=False,
+                                                                              drop_last=False, **kwargs)

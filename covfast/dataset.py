@@ -13,7 +13,7 @@ from PIL import Image
 from .config import CLASSES
 from .errors import CovfastError, format_problems
 
-__all__ = ["SPLITS", "SUBDIRS", "DATASET_DIR", "resolve_root", "present_splits", "scan_tree", "find_problems",
+__all__ = ["SPLITS", "SUBDIRS", "DATASET_DIR", "resolve_root", "canonical_root", "present_splits", "scan_tree", "find_problems",
            "dataset_summary", "check_tree", "read_png"]
 
 SPLITS: tuple[str, ...] = ("Train", "Val", "Test")
@@ -37,6 +37,15 @@ def resolve_root(root: str | Path) -> Path:
         return root
     raise CovfastError(f"{root} holds neither '{DATASET_DIR}' nor Train/Val/Test folders; "
                        f"pass --data with the COVID-QU-Ex download folder")
+
+
+def canonical_root(root: str | Path) -> str:
+    """A data root in one form, whichever accepted form names it: the folder holding the splits, resolved (the
+    path as given, resolved, where there is no such tree). Two roots name the same data when these are equal."""
+    try:
+        return str(resolve_root(root).resolve())
+    except CovfastError:
+        return str(Path(root).expanduser().resolve())
 
 
 def _dirs(folder: Path) -> dict[str, Path]:

@@ -9,7 +9,9 @@ from .compare import compare
 from .config import Config
 from .errors import CovfastError
 from .evaluate import evaluate
+from .learner import pick_device
 from .report import report
+from .spec import RunSpec
 from .synth import write_synthetic
 from .train import train
 
@@ -34,6 +36,7 @@ def demo(
 ) -> Path:
     "Synthesize data, train both models briefly, evaluate on Test, write both reports and their comparison."
     s = {**DEMO_SETTINGS, **(settings or {})}
+    pick_device(device)  # a bad --device is refused before anything is written
     out = Path(out) if out is not None else Path("runs") / "demo"
     if out.exists() and any(out.iterdir()):
         raise CovfastError(f"{out} exists and is not empty (an earlier demo?); pass --out with a new folder, or delete it")
@@ -46,8 +49,8 @@ def demo(
     for step, arch in enumerate(("attention-unet", "resnet34"), start=2):
         epochs = s["epochs"][arch]
         say(f"[{step}/5] Training {arch} for {epochs} epochs from scratch (no downloads)")
-        runs.append(train(arch, data, config.replace(epochs=epochs, lr=s["lr"][arch]), name=arch, pretrained=False,
-                          device=device))
+        spec = RunSpec.from_flags(arch, config, epochs=epochs, lr=s["lr"][arch], pretrained=False)
+        runs.append(train(spec, name=arch, runs_dir=config.runs_dir, device=device))
     say("[4/5] Evaluating both runs on Test and writing their reports")
     pages = []
     for run in runs:

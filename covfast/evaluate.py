@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from . import __version__
 from .config import CLASSES, Config
 from .data import read_mask
-from .dataset import scan_tree
+from .dataset import canonical_root, scan_tree
+from .decision import Decision, image_probability, learner_decision, predicted_lung
 from .errors import CovfastError
-from .inference import iter_logits, load_run, upsample_mask
+from .inference import Run, iter_outputs, load_run
+from .metrics import (band_agreement, bootstrap_auc, bootstrap_ci, confusion_counts, dice_from_counts, infected,
+                      infection_pct, iou_from_counts, pooled_dice, pooled_iou, sensitivity, SEVERITY_BANDS, severity_band,
+                      severity_mae, specificity)
 from .precision import learner_precision
-from .metrics import (confusion_counts, dice_from_counts, image_probability, infection_pct, iou_from_counts,
-                      learner_gate, learner_threshold, pooled_dice, pooled_iou, roc_auc, severity_band)
 from .runs import read_json, write_json
+from .synth import is_synthetic
 
-__all__ = ["REFERENCE", "bootstrap_ci", "bootstrap_auc", "split_items", "score_items", "summarize", "confusion_table",
-           "provenance", "evaluate", "evaluated", "reference_table"]
+__all__ = ["REFERENCE", "split_items", "score_items", "summarize", "confusion_table", "band_confusion", "provenance",
+           "check_calibration_split", "evaluate", "evaluated", "reference_table", "evaluation_text"]
 
 # The reference study (30 epochs): (model, image set, Dice, IoU).
 REFERENCE = [("Attention U-Net", "COVID + Non-COVID (mean)", 0.6926, 0.6095),
@@ -44,45 +49,33 @@ def split_items(root: str | Path, split: str, classes: tuple[str, ...]) -> pd.Da
 def score_items(learn, items: pd.DataFrame, bs: int | None = None, progress=None, decided: bool = True) -> pd.DataFrame:
     """Per-image metrics (`metrics` definitions) of `learn.model` on `items`, at each mask's own resolution.
 
-    Masks are the learner's decision (`learner_threshold`); `p_covid` is the image head's probability (NaN
-    without the head). `decided=False` scores the argmax alone, without the run's decision (neither the
-    head's threshold nor the older pixel-evidence gate): what `benchmarks/gate_tradeoff.py` thresholds."""
+    Masks are the learner's decision (`learner_decision`); `p_covid` is the image head's probability (NaN
+    without the head). `decided=False` scores the pixel rule alone, every image outlined (no threshold, no
+    pixel-evidence gate): the segmentation's ceiling, what `benchmarks/segmentation_ceiling.py` reports."""
     rows = []
-    threshold = learner_threshold(learn) if decided else -float("inf")
-    for i, logits, target in iter_logits(learn, items, bs=bs, with_labels=True, progress=progress, gated=decided):
+    decision = learner_decision(learn) if decided else Decision(threshold=-math.inf)
+    nan = float("nan")
+    for i, out, target in iter_outputs(learn, items, bs=bs, with_labels=True, progress=progress):
         item = items.iloc[i]
         truth = read_mask(item.infection_mask).astype(bool)
         lung = read_mask(item.lung_mask).astype(bool)
-        pred = upsample_mask(logits, truth.shape, threshold)
-        prob = image_probability(logits[None])
+        pred = decision.mask(out, truth.shape)
+        prob = image_probability(out)
         tp, fp, fn = confusion_counts(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])[0].tolist()
-        rows.append({"file": item["name"], "class": item.label, "dice": float(dice_from_counts(tp, fp, fn)),
-                     "iou": float(iou_from_counts(tp, fp, fn)), "tp": tp, "fp": fp, "fn": fn,
-                     "pred_empty": tp + fp == 0, "p_covid": float(prob[0]) if prob is not None else float("nan"),
-                     "true_pct_lung": infection_pct(truth, lung), "pred_pct_lung": infection_pct(pred, lung),
-                     "loss": float(learn.loss_func(logits[None], target[None])), "image": item.image})
+        row = {"file": item["name"], "class": item.label, "dice": float(dice_from_counts(tp, fp, fn)),
+               "iou": float(iou_from_counts(tp, fp, fn)), "tp": tp, "fp": fp, "fn": fn,
+               "pred_empty": tp + fp == 0, "p_covid": float(prob[0]) if prob is not None else nan,
+               # severity: the truth's, and the prediction's measured with the true lungs
+               "true_pct_lung": infection_pct(truth, lung), "pred_pct_lung": infection_pct(pred, lung),
+               "lung_dice": nan, "lung_iou": nan, "pred_pct_pred_lung": nan}
+        lungs = predicted_lung(out, truth.shape)
+        if lungs is not None:  # the model's own lungs: their Dice, and the prediction's severity measured with them
+            lungs = lungs[0].cpu().numpy()
+            ltp, lfp, lfn = confusion_counts(torch.from_numpy(lungs)[None], torch.from_numpy(lung)[None])[0].tolist()
+            row.update(lung_dice=float(dice_from_counts(ltp, lfp, lfn)), lung_iou=float(iou_from_counts(ltp, lfp, lfn)),
+                       pred_pct_pred_lung=infection_pct(pred, lungs))
+        rows.append({**row, "loss": float(learn.loss_func(out, target[None])), "image": item.image})
     return pd.DataFrame(rows)
-
-
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    "95% percentile bootstrap interval of the mean."
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def bootstrap_auc(scores: np.ndarray, positive: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    "ROC AUC and its 95% percentile bootstrap interval (resampling images; resamples without both kinds are skipped)."
-    auc = roc_auc(scores, positive)
-    if np.isnan(auc):
-        return auc, float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    draws = [roc_auc(scores[idx], positive[idx]) for idx in rng.integers(0, len(scores), size=(n_boot, len(scores)))]
-    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
-    return auc, float(lo), float(hi)
 
 
 def summarize(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -93,27 +86,33 @@ def summarize(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
     groups.append(("All", per_image))
     rows = []
     for name, g in groups:
-        has_truth = (g.tp + g.fn) > 0
         d_lo, d_hi = bootstrap_ci(g.dice.to_numpy(), n_boot, seed)
         i_lo, i_hi = bootstrap_ci(g.iou.to_numpy(), n_boot, seed)
         tp, fp, fn = g.tp.sum(), g.fp.sum(), g.fn.sum()
-        graded = g.dropna(subset=["true_pct_lung", "pred_pct_lung"])  # an empty lung mask has no severity
         against = per_image[(per_image["class"] == "COVID-19") | ((per_image["class"] == name) | (name == "All"))]
         scores = against.get("p_covid", pd.Series(np.nan, index=against.index)).to_numpy(dtype=float)
         auc = ((float("nan"),) * 3 if name == "COVID-19" or np.isnan(scores).any() else
                bootstrap_auc(scores, (against["class"] == "COVID-19").to_numpy(), n_boot, seed))
+        lung = g.lung_dice.dropna() if "lung_dice" in g else pd.Series(dtype=float)
+        lung_iou = g.lung_iou.dropna() if "lung_iou" in g else pd.Series(dtype=float)
+        pred_lung_pct = g.get("pred_pct_pred_lung", pd.Series(np.nan, index=g.index))
         rows.append({
             "group": name, "n": len(g),
             "dice": g.dice.mean(), "dice_ci_low": d_lo, "dice_ci_high": d_hi,
             "iou": g.iou.mean(), "iou_ci_low": i_lo, "iou_ci_high": i_hi,
             "dice_pooled": pooled_dice(tp, fp, fn), "iou_pooled": pooled_iou(tp, fp, fn),
-            # image level: infected images predicted non-empty; empty-truth images predicted empty
-            "sensitivity": (~g.pred_empty[has_truth]).mean() if has_truth.any() else float("nan"),
-            "specificity": g.pred_empty[~has_truth].mean() if (~has_truth).any() else float("nan"),
-            "severity_mae": (graded.pred_pct_lung - graded.true_pct_lung).abs().mean(),
-            "severity_band_agreement": ((severity_band(graded.pred_pct_lung) == severity_band(graded.true_pct_lung)).mean()
-                                        if len(graded) else float("nan")),
+            "sensitivity": sensitivity(g.pred_empty, infected(g)), "specificity": specificity(g.pred_empty, infected(g)),
+            "severity_mae": severity_mae(g.pred_pct_lung, g.true_pct_lung),
+            "severity_band_agreement": band_agreement(g.pred_pct_lung, g.true_pct_lung),
             "auc": auc[0], "auc_ci_low": auc[1], "auc_ci_high": auc[2],
+            # the model's own lungs (NaN for a model without the lung output)
+            "lung_dice": lung.mean() if len(lung) else np.nan, **dict(zip(("lung_dice_ci_low", "lung_dice_ci_high"),
+                                                                          bootstrap_ci(lung.to_numpy(), n_boot, seed))),
+            "lung_iou": lung_iou.mean() if len(lung_iou) else np.nan,
+            **dict(zip(("lung_iou_ci_low", "lung_iou_ci_high"), bootstrap_ci(lung_iou.to_numpy(), n_boot, seed))),
+            "severity_mae_pred_lung": severity_mae(pred_lung_pct, g.true_pct_lung),
+            "severity_band_agreement_pred_lung": band_agreement(pred_lung_pct, g.true_pct_lung),
+            "no_pred_lung": int(((g.get("lung_dice", pd.Series(np.nan, index=g.index)).notna()) & pred_lung_pct.isna()).sum()),
         })
     return pd.DataFrame(rows)
 
@@ -124,6 +123,16 @@ def confusion_table(per_image: pd.DataFrame) -> pd.DataFrame:
     table = pd.crosstab(pd.Categorical(per_image["class"], [c for c in CLASSES if (per_image["class"] == c).any()]),
                         pd.Categorical(decision, ["outlined", "empty mask"]), dropna=False)
     table.index.name, table.columns.name = "class", "decision"
+    return table
+
+
+def band_confusion(per_image: pd.DataFrame) -> pd.DataFrame:
+    "Severity bands: true (rows) x predicted (columns) image counts (images with an empty lung mask left out)."
+    graded = per_image.dropna(subset=["true_pct_lung", "pred_pct_lung"])
+    t = pd.Categorical(np.array(SEVERITY_BANDS)[severity_band(graded.true_pct_lung)], SEVERITY_BANDS)
+    p = pd.Categorical(np.array(SEVERITY_BANDS)[severity_band(graded.pred_pct_lung)], SEVERITY_BANDS)
+    table = pd.crosstab(t, p, dropna=False)
+    table.index.name, table.columns.name = "true %", "predicted %"
     return table
 
 
@@ -155,40 +164,39 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def provenance(learn, run_dir: Path, data_root: str | Path) -> dict:
-    """What an evaluation's numbers depend on: the weights (model.pth's SHA-256), the decision's threshold (and
-    the older pixel-evidence gate's settings), the data root and the precision the model ran in. `evaluated`
-    reuses stored results only when all of them still match."""
-    gate = learner_gate(learn)
-    return {"weights_sha256": _sha256(run_dir / "model.pth"), "threshold": learner_threshold(learn),
-            "gate_topk": gate.topk if gate else 0.0, "gate_margin": gate.margin if gate else 0.0,
-            "data_root": str(Path(data_root).resolve()), "precision": learner_precision(learn).mode}
+def provenance(learn, run: Run, data_root: str | Path) -> dict:
+    """What an evaluation's numbers depend on: the weights (model.pth's SHA-256), the decision, the data root, the
+    image size, the precision the model ran in and covfast's version. `evaluated` reuses stored results only
+    when all of them still match."""
+    return {"weights_sha256": _sha256(run.dir / "model.pth"), **learner_decision(learn).describe(),
+            "data_root": canonical_root(data_root), "img_size": run.spec.img_size,
+            "precision": learner_precision(learn).mode, "covfast_version": __version__}
 
 
-def _check_not_calibration_split(cfg: dict, split: str, root: str | Path, allow: bool) -> None:
-    "Refuse to report on the images the decision's threshold was chosen on (unless `allow`)."
-    calibration = cfg.get("calibration") or {}
-    same_root = Path(calibration.get("data_root", "")).resolve() == Path(root).resolve()
-    if not allow and same_root and str(calibration.get("split", "")).lower() == split.lower():
-        raise CovfastError(f"this run's threshold was calibrated on {calibration['split']}: scores on that split "
+def check_calibration_split(run: Run, split: str, root: str | Path, allow: bool = False) -> None:
+    """Refuse to report on the images the decision's threshold was chosen on (unless `allow`): the same split of
+    the same data, however its root is written."""
+    decision = run.decision
+    if allow or decision.split is None or decision.split.lower() != split.lower():
+        return
+    if canonical_root(decision.data_root) == canonical_root(root):
+        raise CovfastError(f"this run's threshold was calibrated on {decision.split}: scores on that split "
                            f"flatter the run (the threshold was chosen to fit those images); evaluate another split "
                            f"(e.g. --split Test), or pass --allow-calibration-split to score it anyway")
 
 
-def _evaluate(learn, cfg: dict, run_dir: Path, split: str, data: str | Path | None, bs: int | None,
-              progress, allow_calibration_split: bool = False,
+def _evaluate(learn, run: Run, split: str, data: str | Path | None, bs: int | None, progress,
               classes: tuple[str, ...] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    root = data or cfg["data_root"]
-    _check_not_calibration_split(cfg, split, root, allow_calibration_split)
-    items = split_items(root, split, classes or tuple(cfg["classes"]))
+    root = data or run.spec.data_root
+    items = split_items(root, split, classes or run.spec.classes)
     per_image = score_items(learn, items, bs=bs, progress=progress)
     summary = summarize(per_image)
-    out = run_dir / "eval" / items.split.iloc[0]
+    out = run.dir / "eval" / items.split.iloc[0]
     out.mkdir(parents=True, exist_ok=True)
     per_image.to_csv(out / "per_image.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
-    write_json(out / "summary.json", {"run": run_dir.name, "split": items.split.iloc[0],
-                                      **provenance(learn, run_dir, root), "classes": sorted(set(items.label)),
+    write_json(out / "summary.json", {"run": run.name, "split": items.split.iloc[0],
+                                      **provenance(learn, run, root), "classes": sorted(set(items.label)),
                                       "groups": summary.to_dict("records"),
                                       "confusion": confusion_table(per_image).to_dict("index"),
                                       "reference": reference_table(summary).to_dict("records")})
@@ -199,7 +207,7 @@ def evaluate(
     run: str | Path,  # run directory or its name under runs_dir
     split: str = "Test",
     data: str | Path | None = None,  # dataset root (default: the run's own)
-    config: Config | None = None,  # for runs_dir and bs
+    config: Config | None = None,  # for runs_dir, bs and precision
     device: str | None = None,
     progress=None,
     allow_calibration_split: bool = False,  # score the split the threshold was calibrated on anyway
@@ -207,8 +215,9 @@ def evaluate(
 ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     "Write eval/<split>/per_image.csv and summary.{csv,json}; return (per_image, summary, folder)."
     config = config or Config()
-    learn, cfg, run_dir = load_run(run, config.runs_dir, device, precision=config.precision)
-    return _evaluate(learn, cfg, run_dir, split, data, config.bs, progress, allow_calibration_split, classes)
+    learn, loaded = load_run(run, config.runs_dir, device, precision=config.precision)
+    check_calibration_split(loaded, split, data or loaded.spec.data_root, allow_calibration_split)
+    return _evaluate(learn, loaded, split, data, config.bs, progress, classes)
 
 
 def evaluated(
@@ -220,14 +229,56 @@ def evaluated(
     progress=None,
     allow_calibration_split: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    """`evaluate`'s results, read back from eval/<split>/ when they came from the same weights, threshold,
-    data root and precision as now; scored afresh otherwise (after `covfast calibrate`, say)."""
+    """`evaluate`'s results, read back from eval/<split>/ when they came from the same weights, decision, data
+    root, image size, precision and covfast version as now; scored afresh otherwise (after `covfast
+    calibrate`, say). The calibration split is refused as `evaluate` refuses it."""
     config = config or Config()
-    learn, cfg, run_dir = load_run(run, config.runs_dir, device, precision=config.precision)
-    folder = run_dir / "eval" / split.capitalize()
+    learn, loaded = load_run(run, config.runs_dir, device, precision=config.precision)
+    root = data or loaded.spec.data_root
+    check_calibration_split(loaded, split, root, allow_calibration_split)
+    folder = loaded.dir / "eval" / split.capitalize()
     if (folder / "summary.json").is_file() and (folder / "per_image.csv").is_file():
         stored = read_json(folder / "summary.json")
-        now = {**provenance(learn, run_dir, data or cfg["data_root"]), "classes": sorted(cfg["classes"])}
+        now = {**provenance(learn, loaded, root), "classes": sorted(loaded.spec.classes)}
         if all(stored.get(k) == v for k, v in now.items()):
             return pd.read_csv(folder / "per_image.csv"), pd.read_csv(folder / "summary.csv"), folder
-    return _evaluate(learn, cfg, run_dir, split, data, config.bs, progress, allow_calibration_split)
+    return _evaluate(learn, loaded, split, data, config.bs, progress)
+
+
+def evaluation_text(per_image: pd.DataFrame, summary: pd.DataFrame, folder: Path) -> str:
+    "What `covfast evaluate` prints: the tables of an evaluation written to `folder` (eval/<split> of a run)."
+    stored = read_json(folder / "summary.json")
+    with_ci = summary.assign(
+        dice=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.dice, summary.dice_ci_low, summary.dice_ci_high)],
+        iou=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.iou, summary.iou_ci_low, summary.iou_ci_high)])
+    cols = ["group", "n", "dice", "iou", "dice_pooled", "sensitivity", "specificity"]
+    number = lambda v: f"{v:.4f}"  # noqa: E731
+    lines = [f"{len(per_image)} {stored['split']} images; Dice and IoU are per-image means with bootstrap 95% CI\n",
+             with_ci[cols].to_string(index=False, float_format=number)]
+    lungs = summary.get("lung_dice", pd.Series(dtype=float)).notna().any()
+    severity = summary.assign(lung_dice=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" if d == d else "–" for d, lo, hi in
+                                         zip(summary.get("lung_dice", np.nan), summary.get("lung_dice_ci_low", np.nan),
+                                             summary.get("lung_dice_ci_high", np.nan))])
+    sev_cols = ["group", "severity_mae", "severity_band_agreement"]
+    if lungs:
+        lines.append("\nLungs and severity (infection % of lung: MAE in percentage points, share of images in the right band),"
+                     "\nwith the dataset's lung masks and with the model's own:\n")
+        sev_cols = ["group", "lung_dice", *sev_cols[1:], "severity_mae_pred_lung", "severity_band_agreement_pred_lung"]
+    else:
+        lines.append("\nSeverity with the dataset's lung masks (this run has no lung output: it was trained before covfast "
+                     "outlined the lungs):\n")
+    lines.append(severity[sev_cols].to_string(index=False, float_format=number))
+    if summary.auc.notna().any():
+        lines.append("\nImage level (is there COVID-19 infection?): ROC AUC of the head's probability, COVID-19 against\n")
+        for row in summary[summary.auc.notna()].itertuples():
+            against = "every other image" if row.group == "All" else f"{row.group} images"
+            lines.append(f"  {against:>20}: {row.auc:.4f} [{row.auc_ci_low:.3f}, {row.auc_ci_high:.3f}]")
+        lines.append(f"\nDecision per class (an outline when the probability is above {stored['threshold']:.4g}):\n")
+        lines.append(confusion_table(per_image).to_string())
+    if is_synthetic(stored["data_root"]):
+        lines.append("\nAgainst the reference study: not comparable (synthetic data; it proves the pipeline, not accuracy)")
+    else:
+        lines.append("\nAgainst the reference study (30 epochs):\n")
+        lines.append(reference_table(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    lines.append(f"\nWrote {folder / 'per_image.csv'}, {folder / 'summary.csv'}, {folder / 'summary.json'}")
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Inference: a run's learner with its best weights, batched logits in the validation pipeline, masks at any size.
+"""Inference: a run's learner with its best weights, batched outputs in the validation pipeline, masks at any size.
 
 evaluate, calibrate, report, compare and predict all score images through this one path, so a mask
 in a report is the mask `covfast predict` writes for the same image.
@@ -7,62 +7,71 @@ in a report is the mask `covfast predict` writes for the same image.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from fastai.learner import Learner
 from fastai.torch_core import TensorImage, to_device
 from fastai.vision.augment import Resize
 from PIL import Image
 
 from .data import InfectionMask, inference_dataloaders, mask_pixels, xray_pixels
+from .decision import Decision
 from .errors import CovfastError
-from .learner import config_learner, learner_for_config, pick_device, run_config
-from .metrics import apply_decision, image_probability, learner_gate, predicted_infection
-from .precision import autocast, memory_format, resolve_precision, use_precision
-from .runs import CALIBRATION_FILE, load_model_weights, load_weights, read_json, read_run_config, resolve_run
+from .learner import covfast_learner, learner_for_spec, pick_device
+from .outputs import ModelOutput
+from .precision import autocast, memory_format
+from .runs import load_model_weights, load_weights, read_run, resolve_run
+from .spec import RunSpec
 
-__all__ = ["inference_learner", "load_run", "validation_batch", "iter_logits", "upsample_mask"]
+__all__ = ["Run", "inference_learner", "load_run", "validation_batch", "iter_outputs"]
 
 
-def inference_learner(cfg: dict[str, Any], device: str | torch.device | None = None) -> Learner:
-    """The learner of a run's config.json on `inference_dataloaders` (validation transforms only, no data):
-    evaluate, report, compare and predict work from the run directory alone."""
-    config = run_config(cfg)
-    dls = inference_dataloaders(config.img_size, config.bs, device=pick_device(device or cfg.get("device")))
-    return config_learner(dls, cfg, pretrained=False, warn=False)[0]
+@dataclass(frozen=True)
+class Run:
+    "A trained run as inference sees it: its directory, settings, config.json record and decision."
+    dir: Path
+    spec: RunSpec
+    record: dict[str, Any]  # config.json as written (status, pretrained used, precision used, counts, versions ...)
+    decision: Decision
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+
+def inference_learner(spec: RunSpec, decision: Decision | None = None, device: str | torch.device | None = None) -> Learner:
+    """The learner of a spec on `inference_dataloaders` (validation transforms only, no data): evaluate, report,
+    compare and predict work from the run directory alone."""
+    dls = inference_dataloaders(spec.img_size, spec.bs, device=pick_device(device))
+    return covfast_learner(dls, spec, decision, pretrained=False, warn=False)[0]
 
 
 def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None = None,
-             with_data: bool = False, precision: str = "auto") -> tuple[Learner, dict[str, Any], Path]:
-    """A run's learner with its best weights (model.pth, weights_only), its config and its directory.
+             with_data: bool = False, precision: str = "auto") -> tuple[Learner, Run]:
+    """A run's learner with its best weights (model.pth, weights_only) and decision (calibration.json, when
+    `covfast calibrate` wrote one), and the `Run`.
 
-    Needs only the run directory: the learner carries the validation transforms, not the training
-    data. Its decision uses the threshold of calibration.json when `covfast calibrate` wrote one (the
-    image probability's; for a run made before the image head, its pixel-evidence gate's margin). `with_data=True` attaches the run's Train/Val DataLoaders instead (for `learn.show_results()`).
+    Needs only the run directory: the learner carries the validation transforms, not the training data.
+    `with_data=True` attaches the run's Train/Val DataLoaders instead (for `learn.show_results()`).
     `precision` ('auto', 'fp32' or 'bf16') is what this machine predicts in, whatever the run trained in;
-    `learn.get_preds`, `show_results` and `iter_logits` all use it.
+    `learn.get_preds`, `show_results` and `iter_outputs` all use it.
     """
     run_dir = resolve_run(run, runs_dir)
-    cfg = read_run_config(run_dir)
-    if (run_dir / CALIBRATION_FILE).is_file():
-        cfg["calibration"] = calibration = read_json(run_dir / CALIBRATION_FILE)
-        if "threshold" in calibration:
-            cfg["threshold"] = calibration["threshold"]
-        elif "gate_margin" in calibration:
-            cfg["gate_margin"] = calibration["gate_margin"]
-    if device is not None:
-        cfg["device"] = device
-    learn = (learner_for_config(cfg, pretrained=False, warn=False)[0] if with_data else inference_learner(cfg))
+    spec, record = read_run(run_dir)
+    decision = Decision.load(run_dir, spec.gate_topk)
+    device = device or record.get("device")
+    here = spec.replace(precision=precision)
+    learn = (learner_for_spec(here, device=device, decision=decision, pretrained=False, warn=False)[0] if with_data
+             else inference_learner(here, decision, device))
     load_model_weights(learn.model, load_weights(run_dir / "model.pth", map_location=learn.dls.device), run_dir / "model.pth")
     learn.model.to(learn.dls.device).eval()  # fastai moves the model only when fitting; prediction feeds it directly
-    use_precision(learn, resolve_precision(precision, learn.dls.device))
     learn.path = run_dir
-    return learn, cfg, run_dir
+    return learn, Run(run_dir, spec, record, decision)
 
 
 def _input_size(learn: Learner) -> tuple[int, int]:
@@ -102,20 +111,20 @@ def validation_batch(learn: Learner, pixels: tuple[np.ndarray, ...]) -> tuple:
 
 
 @torch.no_grad()
-def iter_logits(learn: Learner, items: pd.DataFrame, bs: int | None = None, with_labels: bool = False,
-                progress=None, gated: bool = True) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
-    """(row index, gated logits (2, h, w) at model resolution, target or None) for every item, batched.
+def iter_outputs(learn: Learner, items: pd.DataFrame, bs: int | None = None, with_labels: bool = False,
+                 progress=None, attention: bool = False) -> Iterator[tuple[int, ModelOutput, torch.Tensor | None]]:
+    """(row index, the model's outputs for that image (batch of 1, fp32, model resolution), its target or None)
+    for every item, batched.
 
-    Items get the learner's own validation transforms (resize, normalisation), so prediction sees
-    exactly what validation saw, its precision (`precision.autocast`), and the learner's own
-    `EmptyGate` (`gated=False`: the raw logits);
-    evaluate and predict share this one path. The next batch's PNGs are decoded in a helper thread
-    while the model runs on this one.
+    Items get the learner's own validation transforms (resize, normalisation), so prediction sees exactly
+    what validation saw, and its precision (`precision.autocast`, channels_last). `attention`: add the
+    Attention U-Net's finest gate map as the `attention` output (other models have none). The next
+    batch's PNGs are decoded in a helper thread while the model runs on this one.
     """
     bs = bs or learn.dls.bs
     size = _input_size(learn)
-    gate = learner_gate(learn)
     starts = range(0, len(items), bs)
+    with_attention = attention and hasattr(learn.model, "forward_with_attention")
     with ThreadPoolExecutor(max_workers=1) as pool:
         ahead = pool.submit(_batch_pixels, items.iloc[0:bs], size, with_labels) if len(items) else None
         for start in (progress(starts, len(starts)) if progress is not None else starts):
@@ -126,18 +135,12 @@ def iter_logits(learn: Learner, items: pd.DataFrame, bs: int | None = None, with
             # a plain Tensor: fastai's typed tensors would send every op of the forward through Python
             xb = batch[0].as_subclass(torch.Tensor).contiguous(memory_format=memory_format(learn))
             with autocast(learn):
-                logits = learn.model(xb)
-            logits = logits.float()  # the gate, the masks and the metrics are fp32
-            if gated and gate is not None:
-                logits = gate.apply(logits)
+                if with_attention:
+                    out, maps = learn.model.forward_with_attention(xb)
+                    out = out.replace(attention=maps[-1])  # the finest gate: most detail
+                else:
+                    out = learn.model(xb)
+            out = out.map(lambda t: t.float())  # the decision, the masks and the metrics are fp32
             yb = batch[1].as_subclass(torch.Tensor) if with_labels else None
             for i in range(len(xb)):
-                yield start + i, logits[i], (yb[i] if yb is not None else None)
-
-
-def upsample_mask(logits: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
-    """Boolean mask at `size` (h, w) from one image's logits: the segmentation channels upsampled (bilinear),
-    argmax, and emptied when the image head's probability is at or below `threshold` (`decided_infection`;
-    pass `learner_threshold(learn)`). Without the head: the argmax alone."""
-    up = F.interpolate(logits[None, :2], size=size, mode="bilinear", align_corners=False)
-    return apply_decision(predicted_infection(up), image_probability(logits[None]), threshold)[0].cpu().numpy()
+                yield start + i, out.map(lambda t: t[i:i + 1]), (yb[i] if yb is not None else None)

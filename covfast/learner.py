@@ -6,9 +6,7 @@ import contextlib
 import io
 import sys
 from dataclasses import dataclass
-from typing import Any
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torchvision
@@ -17,20 +15,22 @@ from fastai.learner import Learner
 from fastai.optimizer import Adam
 from fastai.torch_core import set_seed
 from fastai.vision.learner import create_unet_model, model_meta
+from fastai.vision.core import imagenet_stats
 from fastai.vision.models.unet import DynamicUnet
 from torch import nn
 
-from .config import DEFAULT_CLS_WEIGHT, Config
-from .data import covid_dataloaders, loader_settings
+from .data import CODES, LUNG_CODES, covid_dataloaders, loader_settings
+from .decision import Decision, image_probability, learner_decision, predicted_lung
 from .errors import CovfastError
+from .figures import plot_cases
 from .losses import SegLoss
-from .metrics import (EmptyGate, SegmentationStats, confusion_counts, dice_from_counts, learner_threshold,
-                      segmentation_metrics)
-from .models import DEFAULT_FEATURES, AttentionUNet, DynamicUnetWithImageHead, check_arch, timm_encoder
+from .metrics import SegmentationStats, confusion_counts, dice_from_counts, has_infection, segmentation_metrics
+from .models import AttentionUNet, UnetOutputs, check_arch, timm_encoder
 from .precision import resolve_precision, use_precision
+from .spec import RunSpec
 
-__all__ = ["Pretrained", "probe_pretrained", "build_model", "CovfastLearner", "covfast_learner", "config_learner", "run_config", "learner_for_config",
-           "pick_device"]
+__all__ = ["Pretrained", "probe_pretrained", "build_model", "CovfastLearner", "covfast_learner", "spec_dataloaders",
+           "learner_for_spec", "pick_device"]
 
 
 @dataclass
@@ -63,33 +63,31 @@ def probe_pretrained(arch: str) -> Pretrained:
         return Pretrained(False, reason)
 
 
-def build_model(arch: str, n_out: int = 2, img_size: tuple[int, int] = (256, 256), pretrained: bool = False,
-                features: tuple[int, ...] = DEFAULT_FEATURES, image_head: bool = False) -> nn.Module:
-    """The segmentation model for `arch`: the one factory behind the learner, the benchmark and the tests.
+def build_model(
+    spec: RunSpec,  # arch, features (attention-unet), cls_weight (> 0: the image head)
+    img_size: tuple[int, int] | None = None,  # what DynamicUnet sizes its decoder with (default: the spec's square)
+    pretrained: bool = False,  # ImageNet encoder weights (downloaded, or found cached)
+) -> nn.Module:
+    """The model of a run spec, returning named outputs (`outputs.ModelOutput`): the one factory behind the
+    learner, the benchmark and the tests.
 
-    attention-unet -> `AttentionUNet`; resnet18/34/50/101 -> fastai's DynamicUnet on the torchvision
-    encoder (as `unet_learner` builds it); timm/NAME -> DynamicUnet on the timm encoder. `img_size` is
-    what DynamicUnet sizes its decoder with; `pretrained` downloads (or finds cached) ImageNet weights.
-    `image_head` adds the image-level logit (on the bottleneck, or the encoder's deepest features) as
-    output channel `n_out`.
+    attention-unet -> `AttentionUNet`; resnet18/34/50/101 -> fastai's DynamicUnet on the torchvision encoder
+    (as `unet_learner` builds it); timm/NAME -> DynamicUnet on the timm encoder; both in `UnetOutputs`.
     """
-    arch = check_arch(arch)
-    if arch == "attention-unet":
-        return AttentionUNet(3, n_out, features, image_head=image_head)
-    if arch.startswith("timm/"):
-        unet = DynamicUnet(timm_encoder(arch[5:], pretrained), n_out, img_size)
+    if spec.arch == "attention-unet":
+        return AttentionUNet(3, len(CODES), spec.features, image_head=spec.image_head, lung_head=spec.lungs)
+    img_size = img_size or (spec.img_size, spec.img_size)
+    n_out = len(CODES) + (len(LUNG_CODES) if spec.lungs else 0)
+    if spec.arch.startswith("timm/"):
+        unet = DynamicUnet(timm_encoder(spec.arch[5:], pretrained), n_out, img_size)
     else:
-        unet = create_unet_model(getattr(torchvision.models, arch), n_out, img_size, pretrained=pretrained)
-    return DynamicUnetWithImageHead(unet) if image_head else unet
-
-
-def _unet(model: nn.Module) -> nn.Module:
-    return model.unet if isinstance(model, DynamicUnetWithImageHead) else model
+        unet = create_unet_model(getattr(torchvision.models, spec.arch), n_out, img_size, pretrained=pretrained)
+    return UnetOutputs(unet, image_head=spec.image_head, lungs=spec.lungs)
 
 
 def _encoder_splitter(model: nn.Module) -> list:
     "Two parameter groups, the encoder and the rest (decoder, image head), for discriminative learning rates (timm encoders)."
-    encoder = list(_unet(model)[0].parameters())
+    encoder = list(model.unet[0].parameters())
     ids = {id(p) for p in encoder}
     return [encoder, [p for p in model.parameters() if id(p) not in ids]]
 
@@ -99,8 +97,8 @@ def _resnet_splitter(arch: str):
     split = model_meta[getattr(torchvision.models, arch)]["split"]
 
     def splitter(model: nn.Module) -> list:
-        groups = list(split(_unet(model)))
-        if isinstance(model, DynamicUnetWithImageHead):
+        groups = list(split(model.unet))
+        if model.image_head is not None:
             groups[-1] = [*groups[-1], *model.image_head.parameters()]
         return groups
     return splitter
@@ -109,109 +107,92 @@ def _resnet_splitter(arch: str):
 class CovfastLearner(Learner):
     "A fastai Learner whose `show_results` titles each prediction with the image head's probability, the decision and its Dice."
 
-    def show_results(self, ds_idx: int = 1, dl=None, max_n: int = 9, shuffle: bool = True, **kwargs) -> pd.DataFrame:
-        """fastai's show_results (truth | prediction in red) on one batch, each prediction titled with p(COVID-19),
-        the decision and the image's Dice (docs/metrics.md: 1 when both masks are empty). Returns the same, one
-        row per image shown."""
+    def show_results(self, ds_idx: int = 1, dl=None, max_n: int = 9, shuffle: bool = True,
+                     figsize: tuple[float, float] | None = None) -> pd.DataFrame:
+        """One batch, truth | prediction per image (infection in red, lungs outlined in cyan where the model and the
+        data have them), each prediction titled with p(COVID-19), the decision and the image's Dice
+        (docs/metrics.md: 1 when both masks are empty). Returns the same, one row per image shown."""
         if dl is None:
             dl = self.dls[ds_idx].new(shuffle=shuffle)
         b = dl.one_batch()
         preds, _, decoded = self.get_preds(dl=[b], with_decoded=True)
-        dl.show_results(b, decoded, max_n=max_n, **kwargs)
         n = min(max_n, len(decoded))
         truth = b[1][:n].cpu() > 0
         dice = dice_from_counts(*confusion_counts(decoded[:n] > 0, truth).T).tolist()
-        probs = self.loss_func.probability(preds) if hasattr(self.loss_func, "probability") else None
-        threshold = learner_threshold(self)
-        table = pd.DataFrame({"truth": ["infection" if t.any() else "empty" for t in truth], "dice": dice})
+        probs = image_probability(preds, activated=True)
+        table = pd.DataFrame({"truth": ["infection" if t else "empty" for t in has_infection(truth)], "dice": dice})
         if probs is not None:
             table.insert(1, "p_covid", probs[:n].tolist())
-            table.insert(2, "decision", ["infected" if p > threshold else "empty mask" for p in table.p_covid])
-        # fastai lays the figure out as target | prediction pairs: title the predictions
-        shown = [ax for ax in plt.gcf().axes if ax.images]
-        for ax, row in zip(shown[1::2], table.itertuples()):
-            head = f"p(COVID-19) {row.p_covid:.2f}: {row.decision}\n" if probs is not None else ""
-            ax.set_title(f"{head}Dice {row.dice:.2f}", fontsize=9)
+            table.insert(2, "decision", ["infected" if k else "empty mask" for k in learner_decision(self).keep(preds, activated=True)[:n]])
+        # the X-rays as they went in: undo the ImageNet normalisation of the first channel (the three are equal)
+        mean, std = imagenet_stats[0][0], imagenet_stats[1][0]
+        grays = ((b[0][:n, 0].float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().numpy()
+        true_lungs = b[2][:n].cpu().numpy() > 0 if len(b) > 2 else [None] * n
+        lungs = predicted_lung(preds, activated=True)
+        lungs = lungs[:n].cpu().numpy() if lungs is not None else [None] * n
+        cases = [{"title": "", "gray": g, "truth": t.numpy(), "truth_lung": tl, "truth_title": "truth",
+                  "preds": [((f"p(COVID-19) {row.p_covid:.2f}: {row.decision}\n" if probs is not None else "")
+                             + f"Dice {row.dice:.2f}", d.cpu().numpy() > 0, pl)]}
+                 for g, t, tl, d, pl, row in zip(grays, truth, true_lungs, decoded[:n], lungs, table.itertuples())]
+        plot_cases(cases, xray=False, figsize=figsize or (6, 3 * n))
         return table
 
 
 def covfast_learner(
     dls: DataLoaders,
-    arch: str,  # attention-unet, resnet18/34/50/101 or timm/NAME
-    pretrained: bool = True,  # ImageNet weights for the encoder (not for attention-unet)
-    features: tuple[int, ...] = DEFAULT_FEATURES,  # attention-unet channel widths
-    empty_weight: float = 0.0,  # weight of `SegLoss`'s image-level term
-    dice_weight: float = 1.0,  # weight of `SegLoss`'s Dice term
-    gate_topk: float = 0.0,  # `gate_empty`'s share of pixels at inference (runs before the image head); 0: off
-    gate_margin: float = 0.0,  # `gate_empty`'s evidence threshold (`covfast calibrate` sets it)
-    cls_weight: float = DEFAULT_CLS_WEIGHT,  # weight of the image head's BCE; 0 builds the model without the head
-    threshold: float = 0.5,  # the image probability at or below which a mask is empty (`covfast calibrate` sets it)
+    spec: RunSpec,  # the run's settings: arch, loss weights, precision, pretrained ...
+    decision: Decision | None = None,  # the run's decision (default: threshold 0.5; `Decision.load` reads a calibrated one)
+    pretrained: bool | None = None,  # override spec.pretrained: False where the weights come from a run's files
     warn: bool = True,  # print the one-line warning when pretrained weights cannot be had
-    precision: str | None = "auto",  # auto, fp32 or bf16, as --precision; None: fp32, no callbacks (the caller sets it)
 ) -> tuple[Learner, Pretrained]:
-    """A Learner with covfast's loss and metrics, in `precision` on its data's device (bf16 autocast where the CPU
-    runs it natively: about twice as fast); a pretrained encoder comes frozen (unfreeze before the main phase)."""
-    arch = check_arch(arch)
-    if arch == "attention-unet":
+    """A Learner with covfast's model, loss and metrics for `spec`, in its precision on the data's device (bf16
+    autocast where the CPU runs it natively: about twice as fast); a pretrained encoder comes frozen (unfreeze
+    before the main phase)."""
+    want = spec.pretrained if pretrained is None else pretrained
+    if spec.arch == "attention-unet":
         status = Pretrained(False, "attention-unet has no pretrained weights; trained from scratch")
-    elif pretrained:
-        status = probe_pretrained(arch)
+    elif want:
+        status = probe_pretrained(spec.arch)
         if not status.used and warn:
             _warn(status.reason)
     else:
         status = Pretrained(False, "--no-pretrained")
     stats = SegmentationStats()
-    loss = SegLoss(empty_weight=empty_weight, dice_weight=dice_weight, cls_weight=cls_weight, threshold=threshold)
-    common = dict(loss_func=loss, opt_func=Adam, cbs=[EmptyGate(gate_topk, gate_margin), stats],
-                  metrics=segmentation_metrics(stats))
-    head = cls_weight > 0
-    if arch == "attention-unet":
-        learn = CovfastLearner(dls, build_model(arch, features=features, image_head=head), **common)
+    common = dict(loss_func=SegLoss(spec, decision), opt_func=Adam, cbs=[stats], metrics=segmentation_metrics(stats))
+    if spec.arch == "attention-unet":
+        learn = CovfastLearner(dls, build_model(spec), **common)
     else:
         # DynamicUnet sizes its decoder on a batch, as fastai's unet_learner does
-        model = build_model(arch, img_size=dls.one_batch()[0].shape[-2:], pretrained=status.used, image_head=head)
-        splitter = _encoder_splitter if arch.startswith("timm/") else _resnet_splitter(arch)
+        model = build_model(spec, img_size=dls.one_batch()[0].shape[-2:], pretrained=status.used)
+        splitter = _encoder_splitter if spec.arch.startswith("timm/") else _resnet_splitter(spec.arch)
         learn = CovfastLearner(dls, model, splitter=splitter, **common)
         if status.used:
             learn.freeze()  # a pretrained encoder comes frozen, as unet_learner leaves it
-    learn.covfast_arch = arch
-    if precision is not None:
-        use_precision(learn, resolve_precision(precision, dls.device))
+    learn.covfast_spec = spec
+    use_precision(learn, resolve_precision(spec.precision, dls.device))
     return learn, status
 
 
-def config_learner(dls: DataLoaders, cfg: dict[str, Any], pretrained: bool | None = None,
-                   warn: bool = True) -> tuple[Learner, Pretrained]:
-    "`covfast_learner` on `dls` with a run's config.json model and loss settings (`pretrained` overrides the config's)."
-    return covfast_learner(dls, cfg["arch"], pretrained=cfg.get("pretrained", True) if pretrained is None else pretrained,
-                           features=tuple(cfg.get("features") or DEFAULT_FEATURES),
-                           empty_weight=cfg.get("empty_weight", 0.0), dice_weight=cfg.get("dice_weight", 1.0),
-                           gate_topk=cfg.get("gate_topk", 0.0), gate_margin=cfg.get("gate_margin", 0.0),
-                           # a run made before the image head has no cls_weight: no head, as it was trained
-                           cls_weight=cfg.get("cls_weight", 0.0), threshold=cfg.get("threshold", 0.5), warn=warn,
-                           precision=None)  # train and load_run set the run's own
+def spec_dataloaders(spec: RunSpec, device: torch.device, num_workers: int = 0, **kwargs) -> DataLoaders:
+    "The Train/Val DataLoaders of a spec on `device`, with `loader_settings` (worker processes on CUDA)."
+    settings = {**loader_settings(device, num_workers), **kwargs}
+    return covid_dataloaders(spec.data_root, spec.img_size, spec.bs, spec.classes, augment=spec.augment,
+                             lungs=spec.lungs, device=device, **settings)
 
 
-def run_config(cfg: dict[str, Any]) -> Config:
-    "The `Config` fields of a run's config.json."
-    return Config(**{k: (tuple(v) if k == "classes" else v) for k, v in cfg.items() if k in Config.__dataclass_fields__})
-
-
-def learner_for_config(cfg: dict[str, Any], pretrained: bool | None = None, warn: bool = True,
-                       device: torch.device | None = None, **dl_kwargs) -> tuple[Learner, Pretrained]:
-    """The training learner for a run's config.json settings: its Train/Val data, seed and loader settings
-    (train, resume, lr-find, the benchmark). `device` overrides the config's (a distributed process's own GPU).
-    A learner without training data, for scoring and prediction, is `inference.inference_learner`."""
-    config = run_config(cfg)
-    device = device or pick_device(cfg.get("device"))
-    dl_kwargs = {**loader_settings(device, config.num_workers), **dl_kwargs}
-    config = config.replace(num_workers=dl_kwargs.pop("num_workers"))
+def learner_for_spec(spec: RunSpec, device: str | torch.device | None = None, num_workers: int = 0,
+                     decision: Decision | None = None, pretrained: bool | None = None, warn: bool = True,
+                     **dl_kwargs) -> tuple[Learner, Pretrained]:
+    """The training learner of a spec: its Train/Val data, seeded (train, resume, lr-find, the benchmark all
+    build theirs here, so they build the same model). A learner without training data, for scoring and
+    prediction, is `inference.inference_learner`."""
+    device = device if isinstance(device, torch.device) else pick_device(device)
     # cuDNN's deterministic kernels cost GPU speed; on CPU a seed reproduces the run exactly
-    set_seed(config.seed, reproducible=device.type != "cuda")
+    set_seed(spec.seed, reproducible=device.type != "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    dls = covid_dataloaders(cfg["data_root"], config, augment=cfg.get("augment", True), device=device, **dl_kwargs)
-    return config_learner(dls, cfg, pretrained, warn)
+    dls = spec_dataloaders(spec, device, num_workers, **dl_kwargs)
+    return covfast_learner(dls, spec, decision, pretrained, warn)
 
 
 def pick_device(device: str | None = None) -> torch.device:

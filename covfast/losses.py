@@ -1,4 +1,5 @@
-"""covfast's loss: cross-entropy + Dice on the segmentation, + BCE on the image-level logit when the model has the head."""
+"""covfast's loss: cross-entropy + Dice on the infection output, + BCE on the image-level logit when the model has
+the head, + cross-entropy + Dice on the lung output when it has that."""
 
 from __future__ import annotations
 
@@ -7,69 +8,53 @@ import torch.nn.functional as F
 from fastai.losses import CrossEntropyLossFlat, DiceLoss
 from fastai.torch_core import TensorBase
 
-from .config import DEFAULT_CLS_WEIGHT
-from .metrics import decided_infection, evidence_scores, image_probability
+from .decision import Decision
+from .metrics import has_infection
+from .outputs import ModelOutput, as_output, model_output
+from .spec import RunSpec
 
 __all__ = ["SegLoss"]
 
 
 class SegLoss:
-    """CrossEntropyLossFlat(axis=1) + `dice_weight` x DiceLoss(reduction='mean') on the 2 segmentation channels,
-    + `cls_weight` x BCE on the image logit (output channel 2, when the model has the image head), whose target
-    is the mask itself: a non-empty infection mask means COVID-19.
+    """CrossEntropyLossFlat(axis=1) + `spec.dice_weight` x DiceLoss(reduction='mean') on the `infection` output,
+    + `spec.cls_weight` x BCE on the `covid` output (when the model has the image head), whose target is the
+    mask itself: a non-empty infection mask means COVID-19, + `spec.lung_weight` x the same cross-entropy + Dice
+    on the `lung` output against the lung masks (when the model has it and the batch holds them).
 
-    `threshold` is the run's decision: an image whose probability is at or below it gets an empty mask
-    (`decodes`, and through `metrics.learner_threshold` every metric and prediction path).
-
-    `empty_weight` (runs made before the image head; 0 by default) scores each image by the mean infection
-    margin of its `topk` most confident pixels and asks, with BCE, for "some infection" exactly where the
-    truth has some.
+    It holds the run's `decision`: `decodes` (what `get_preds(with_decoded=True)` returns) and, through
+    `decision.learner_decision`, every metric and prediction path apply it.
     """
 
-    def __init__(
-        self,
-        empty_weight: float = 0.0,  # weight of the pixel-evidence image term; 0 gives plain CE + Dice
-        topk: float = 0.005,  # share of pixels whose margins score an image (the empty_weight term)
-        axis: int = 1,
-        dice_weight: float = 1.0,  # weight of the Dice term against cross-entropy's 1
-        cls_weight: float = DEFAULT_CLS_WEIGHT,  # weight of the image head's BCE (used only when the output has the head's channel)
-        threshold: float = 0.5,  # image probability at or below which the mask is empty
-    ):
-        self.empty_weight, self.topk, self.axis, self.dice_weight = empty_weight, topk, axis, dice_weight
-        self.cls_weight, self.threshold = cls_weight, threshold
-        self.ce = CrossEntropyLossFlat(axis=axis)
+    def __init__(self, spec: RunSpec, decision: Decision | None = None):
+        self.spec = spec
+        self.decision = decision or Decision(gate_topk=spec.gate_topk)
+        self.ce = CrossEntropyLossFlat(axis=1)
         # 'mean', not fastai's default 'sum': the loss scale must not grow with the batch size
-        self.dice = DiceLoss(axis=axis, reduction="mean")
+        self.dice = DiceLoss(axis=1, reduction="mean")
 
-    def image_term(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
-        score = evidence_scores(pred.float(), self.topk)
-        has_infection = (targ.flatten(1) == 1).any(1).float()
-        return F.binary_cross_entropy_with_logits(score, has_infection)
+    def segmentation_term(self, logits: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        "Cross-entropy + dice_weight x Dice of (B, 2, H, W) logits against (B, H, W) 0/1 masks."
+        return self.ce(logits, targ) + self.spec.dice_weight * self.dice(logits, targ)
 
-    def head_term(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
-        "BCE of the image logit against 'the infection mask is not empty'."
-        logit = pred[:, 2].flatten(1)[:, 0].float()  # the plane is constant: one pixel is the logit
-        has_infection = (targ.flatten(1) == 1).any(1).float()
-        return F.binary_cross_entropy_with_logits(logit, has_infection)
+    def head_term(self, logit: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        "BCE of the image logit (B,) against 'the infection mask is not empty'."
+        return F.binary_cross_entropy_with_logits(logit.float(), has_infection(targ).float())
 
-    def __call__(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
-        seg = pred[:, :2]
-        loss = self.ce(seg, targ) + self.dice_weight * self.dice(seg, targ)
-        if self.empty_weight:
-            loss = loss + self.empty_weight * self.image_term(TensorBase(seg), TensorBase(targ))
-        if pred.shape[1] > 2 and self.cls_weight:
-            loss = loss + self.cls_weight * self.head_term(TensorBase(pred), TensorBase(targ))
+    def __call__(self, out: ModelOutput | torch.Tensor, targ: torch.Tensor, lung_targ: torch.Tensor | None = None) -> torch.Tensor:
+        out = as_output(out)
+        loss = self.segmentation_term(out.infection, targ)
+        if out.has("covid") and self.spec.cls_weight:
+            loss = loss + self.spec.cls_weight * self.head_term(TensorBase(out.covid), TensorBase(targ))
+        if out.has("lung") and lung_targ is not None and self.spec.lung_weight:
+            loss = loss + self.spec.lung_weight * self.segmentation_term(out.lung, lung_targ)
         return loss
 
-    def activation(self, x: torch.Tensor) -> torch.Tensor:
-        "Softmax over the segmentation channels; the image head's channel becomes its probability."
-        seg = F.softmax(x[:, :2], dim=self.axis)
-        return seg if x.shape[1] < 3 else torch.cat([seg, torch.sigmoid(x[:, 2:3])], dim=1)
+    def activation(self, out: ModelOutput | torch.Tensor) -> ModelOutput:
+        "Softmax over each segmentation's channels, the sigmoid of the image logit: the outputs as probabilities."
+        return model_output(**{name: torch.sigmoid(t) if name == "covid" else F.softmax(t, dim=1)
+                               for name, t in as_output(out).asdict().items()})
 
-    def decodes(self, x: torch.Tensor) -> torch.Tensor:
-        "The mask of the run's decision, from `activation`'s output (what `get_preds(with_decoded=True)` passes)."
-        return decided_infection(x, self.threshold, activated=True).long()
-
-    def probability(self, x: torch.Tensor) -> torch.Tensor | None:
-        "Per image, the head's probability from `activation`'s output; None without the head."
-        return image_probability(x, activated=True)
+    def decodes(self, probs: ModelOutput) -> torch.Tensor:
+        "The infection masks of the run's decision, from `activation`'s output."
+        return self.decision.apply(probs, activated=True).long()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -12,20 +13,17 @@ from PIL import Image
 from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
-from .inference import iter_logits, load_run, upsample_mask
-from .metrics import image_probability, infection_pct, learner_threshold
+from .decision import image_probability, predicted_lung
+from .figures import overlay
+from .inference import iter_outputs, load_run
+from .metrics import infection_pct, severity_band_name
 
-__all__ = ["IMAGE_SUFFIXES", "overlay", "collect_images", "predict"]
+__all__ = ["IMAGE_SUFFIXES", "COLUMNS", "collect_images", "PredictFailure", "predict"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    "RGB uint8: the X-ray in gray, blended with red exactly where `mask` is set."
-    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
-    red = np.array([255.0, 0.0, 0.0], np.float32)
-    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * red
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+# predictions.csv's columns
+COLUMNS = ["file", "width", "height", "p_covid", "decision", "infected_pixels", "infection_pct_image", "lung_pixels",
+           "infection_pct_of_lung", "severity_band", "lung_source", "mask", "lung_mask", "overlay"]
 
 
 def collect_images(paths: list[str | Path]) -> list[Path]:
@@ -52,71 +50,121 @@ def _unique_stem(path: Path, taken: set[str]) -> str:
     return stem
 
 
+@dataclass(frozen=True)
+class PredictFailure:
+    "One thing `predict` could not do: the X-ray unread ('image', no prediction), or its lung mask unused ('lung_mask')."
+    kind: str
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        if self.kind == "image":
+            return f"{self.path}: not a readable image ({self.reason})"
+        return (f"{self.path}: lung mask not used ({self.reason}); infection % of lung from the model's own lungs, "
+                f"or left empty for a run without them")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve() == folder.resolve() or folder.resolve() in path.resolve().parents
+
+
 def predict(
     run: str | Path,  # run directory or its name under runs_dir
     paths: list[str | Path],  # image files and/or folders
     out: str | Path | None = None,  # output folder (default: <run>/predictions/<time>); must not hold results
-    lung_masks: str | Path | None = None,  # folder of lung masks named like the images: adds % of lung
+    lung_masks: str | Path | None = None,  # folder of lung masks named like the images: used instead of the model's lungs
     config: Config | None = None,
     device: str | None = None,
     progress=None,
-    on_error=None,  # called with one line per unreadable file
-) -> tuple[pd.DataFrame, list[str], Path]:
-    "Masks (0/255, input resolution), overlays and predictions.csv for new X-rays; failures are reported, not fatal."
+    on_error=None,  # called with each `PredictFailure` as it happens
+    say=None,  # called with one line of note (a run without the lung output and no --lung-masks)
+) -> tuple[pd.DataFrame, list[PredictFailure], Path]:
+    """Masks (0/255, input resolution), the model's lung masks, overlays (infection red, lungs outlined in cyan) and
+    predictions.csv for new X-rays, with infection % of lung and its severity band; failures are reported, not fatal.
+
+    The lungs are the model's own (runs trained with the lung output) unless `lung_masks` gives them; an empty
+    lung mask leaves infection % of lung empty and the band 'no lungs found' (`metrics.NO_LUNGS`)."""
     config = config or Config()
-    files = collect_images(paths)
     if lung_masks is not None and not Path(lung_masks).is_dir():
         raise CovfastError(f"--lung-masks {lung_masks} is not a folder; pass the folder of 0/255 lung masks named like the images")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise CovfastError(f"--out {out} is a file; pass a folder (new, or without predictions.csv)")
-    learn, cfg, run_dir = load_run(run, config.runs_dir, device, precision=config.precision)
-    out = Path(out) if out else run_dir / "predictions" / f"{datetime.now():%Y%m%d-%H%M%S}"
+    for p in map(Path, paths):
+        if out is not None and p.is_dir() and _inside(Path(out), p):
+            raise CovfastError(f"--out {out} is inside the input folder {p}: a later run would read its masks and overlays "
+                               f"as X-rays; choose an --out outside it")
+    files = collect_images(paths)
+    learn, loaded = load_run(run, config.runs_dir, device, precision=config.precision)
+    out = Path(out) if out else loaded.dir / "predictions" / f"{datetime.now():%Y%m%d-%H%M%S}"
     if (out / "predictions.csv").exists():
         raise CovfastError(f"{out} already holds predictions.csv; choose another --out")
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    (out / "overlays").mkdir(exist_ok=True)
-    failures, good = [], []
+    if not loaded.spec.lungs and lung_masks is None and say:
+        say(f"{loaded.name} has no lung output (it was trained before covfast outlined the lungs): infection % of lung "
+            f"needs --lung-masks")
+    folders = ("masks", "overlays", *(("lungs",) if loaded.spec.lungs else ()))
+    for folder in folders:
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    failures: list[PredictFailure] = []
+
+    def fail(kind: str, path: Path, reason: str) -> None:
+        failures.append(PredictFailure(kind, path, reason))
+        if on_error:
+            on_error(failures[-1])
+
+    good = []
     for f in files:
         try:
             _cached_xray(str(f))  # decode once: a bad file is found here, and the loader reuses the pixels
             good.append(f)
         except Exception as e:  # PIL raises many types for a file that is not an image
-            failures.append(f"{f}: not a readable image ({e.__class__.__name__}: {str(e)[:100]})")
-            if on_error:
-                on_error(failures[-1])
+            fail("image", f, f"{e.__class__.__name__}: {str(e)[:100]}")
     rows, taken = [], set()
-    threshold = learner_threshold(learn)
+    decision = loaded.decision
     if good:
         items = pd.DataFrame({"image": [str(f) for f in good]})
-        for i, logits, _ in iter_logits(learn, items, bs=config.bs, progress=progress):
+        for i, output, _ in iter_outputs(learn, items, bs=config.bs, progress=progress):
             f = good[i]
             gray = _cached_xray(str(f))
-            mask = upsample_mask(logits, gray.shape, threshold)
-            prob = image_probability(logits[None])
+            mask = decision.mask(output, gray.shape)
+            prob = image_probability(output)
             stem = _unique_stem(f, taken)
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}.png")
-            Image.fromarray(overlay(gray, mask)).save(out / "overlays" / f"{stem}.png")
-            row = {"file": str(f), "width": gray.shape[1], "height": gray.shape[0],
-                   # the image head's probability and the run's decision on it (NaN / blank for runs without the head)
-                   "p_covid": float(prob[0]) if prob is not None else float("nan"),
-                   "decision": ("" if prob is None else "COVID-19 infection" if prob[0] > threshold else "no COVID-19 infection"),
-                   "infected_pixels": int(mask.sum()),
-                   "infection_pct_image": 100.0 * mask.mean(), "infection_pct_lung": float("nan"),
-                   "mask": f"masks/{stem}.png", "overlay": f"overlays/{stem}.png"}
-            lung_path = Path(lung_masks) / f.name if lung_masks else None
-            if lung_path is not None and lung_path.is_file():
-                try:
-                    lung = read_mask(lung_path).astype(bool)
-                    if lung.shape != mask.shape:
-                        raise ValueError(f"{lung.shape[1]}x{lung.shape[0]} against the X-ray's {mask.shape[1]}x{mask.shape[0]}")
-                    row["infection_pct_lung"] = infection_pct(mask, lung)
-                except Exception as e:  # the prediction stands; only its % of lung is missing
-                    reason = str(e).split(" besides")[0] if isinstance(e, CovfastError) else f"{e.__class__.__name__}: {str(e)[:100]}"
-                    failures.append(f"{lung_path}: lung mask not used ({reason}); infection % of lung left empty")
-                    if on_error:
-                        on_error(failures[-1])
-            rows.append(row)
-    table = pd.DataFrame(rows, columns=["file", "width", "height", "p_covid", "decision", "infected_pixels", "infection_pct_image",
-                                        "infection_pct_lung", "mask", "overlay"])
+            predicted = predicted_lung(output, gray.shape)
+            lung, source = (predicted[0].cpu().numpy(), "predicted") if predicted is not None else (None, "")
+            if predicted is not None:
+                Image.fromarray(lung.astype(np.uint8) * 255).save(out / "lungs" / f"{stem}.png")
+            if lung_masks is not None:
+                given = _given_lung(Path(lung_masks) / f.name, mask.shape, fail)
+                if given is not None:
+                    lung, source = given, "given"
+            pct = infection_pct(mask, lung) if lung is not None else float("nan")
+            Image.fromarray(overlay(gray, mask, lung=lung)).save(out / "overlays" / f"{stem}.png")
+            rows.append({"file": str(f), "width": gray.shape[1], "height": gray.shape[0],
+                         # the image head's probability and the run's decision on it (NaN / blank for runs without the head)
+                         "p_covid": float(prob[0]) if prob is not None else float("nan"),
+                         "decision": ("" if prob is None else "COVID-19 infection" if prob[0] > decision.threshold
+                                      else "no COVID-19 infection"),
+                         "infected_pixels": int(mask.sum()), "infection_pct_image": 100.0 * mask.mean(),
+                         "lung_pixels": int(lung.sum()) if lung is not None else None, "infection_pct_of_lung": pct,
+                         "severity_band": severity_band_name(pct) if lung is not None else "", "lung_source": source,
+                         "mask": f"masks/{stem}.png", "lung_mask": f"lungs/{stem}.png" if predicted is not None else "",
+                         "overlay": f"overlays/{stem}.png"})
+    table = pd.DataFrame(rows, columns=COLUMNS)
     table.to_csv(out / "predictions.csv", index=False)
     return table, failures, out
+
+
+def _given_lung(path: Path, shape: tuple[int, int], fail) -> np.ndarray | None:
+    "The lung mask given for an X-ray of `shape`, or None (and a failure) when it is missing or unusable."
+    try:
+        lung = read_mask(path).astype(bool)
+        if lung.shape != shape:
+            raise CovfastError(f"{lung.shape[1]}x{lung.shape[0]} against the X-ray's {shape[1]}x{shape[0]}")
+        return lung
+    except FileNotFoundError:
+        fail("lung_mask", path, "no lung mask of that name")
+    except CovfastError as e:  # the prediction stands; only its % of lung is missing
+        fail("lung_mask", path, str(e).split(" besides")[0])
+    except Exception as e:
+        fail("lung_mask", path, f"{e.__class__.__name__}: {str(e)[:100]}")
+    return None

@@ -21,15 +21,13 @@ import torchvision
 
 from . import __version__
 from .errors import CovfastError
+from .spec import RunSpec
 
-__all__ = ["HISTORY_COLUMNS", "CALIBRATION_FILE", "REQUIRED_CONFIG", "versions", "RunLock", "new_run_dir",
-           "read_run_config", "finite_weights", "load_model_weights", "resolve_run", "write_json", "read_json", "read_history",
+__all__ = ["HISTORY_COLUMNS", "versions", "RunLock", "new_run_dir", "read_run_config", "read_run", "finite_weights", "load_model_weights", "resolve_run", "write_json", "read_json", "read_history",
            "write_history", "atomic_save", "plain", "load_weights"]
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_dice", "valid_loss", "valid_dice_covid",
-                   "valid_dice_noncovid", "valid_dice_mean", "lr", "seconds", "valid_dice_normal", "valid_auc"]
-# written by `covfast calibrate`, read by `inference.load_run`: the image-level decision's threshold
-CALIBRATION_FILE = "calibration.json"
+HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "train_dice", "valid_dice_covid", "valid_dice_noncovid",
+                   "valid_dice_normal", "valid_dice_mean", "valid_auc", "valid_dice_lung", "lr", "seconds"]
 
 
 def versions() -> dict[str, str]:
@@ -162,19 +160,20 @@ def plain(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in a weights-only file")
 
 
-# what a run's config.json must hold for covfast to rebuild its learner
-REQUIRED_CONFIG = ("arch", "img_size", "bs", "classes", "data_root", "epochs")
-
-
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    "A run's config.json, checked for the settings covfast rebuilds the run from."
+    "A run's config.json as written: its settings (`RunSpec.from_json` reads them) and what the run recorded."
     path = Path(run_dir) / "config.json"
     cfg = read_json(path)
-    missing = [k for k in REQUIRED_CONFIG if k not in cfg] if isinstance(cfg, dict) else list(REQUIRED_CONFIG)
-    if missing:
-        raise CovfastError(f"{path} lacks {', '.join(missing)}: it was not written by covfast train or was edited; "
-                           f"restore it from a backup or train the run again")
+    if not isinstance(cfg, dict):
+        raise CovfastError(f"{path} holds {type(cfg).__name__}, not the object covfast writes; restore it from a "
+                           f"backup or train the run again")
     return cfg
+
+
+def read_run(run_dir: str | Path) -> tuple[RunSpec, dict[str, Any]]:
+    "A run's settings (`RunSpec`, checked and upgraded from any covfast version) and its config.json record."
+    cfg = read_run_config(run_dir)
+    return RunSpec.from_json(cfg, Path(run_dir) / "config.json"), cfg
 
 
 def finite_weights(state_dict: dict[str, torch.Tensor]) -> bool:
@@ -186,6 +185,9 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
     "Load weights read from `path` into `model`; non-finite weights, or weights of another shape of model, are refused in one line."
     if not finite_weights(state_dict):
         raise CovfastError(f"{path} holds non-finite weights (NaN or inf): the run diverged; train it again with a lower --lr")
+    if hasattr(model, "unet") and state_dict and all(k.startswith("layers.") for k in state_dict):
+        # a DynamicUnet saved bare, before covfast wrapped it for named outputs (runs made without the image head)
+        state_dict = {f"unet.{k}": v for k, v in state_dict.items()}
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:

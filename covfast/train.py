@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -18,17 +18,18 @@ from fastai.learner import Learner
 
 from . import distributed
 from .callbacks import RunDiverged, RunDirCallback, restore_random_states
-from .config import DEFAULT_CLS_WEIGHT, Config, parse_lr
+from .config import parse_lr
 from .dataset import check_tree, resolve_root
 from .errors import CovfastError, format_problems
-from .learner import learner_for_config, pick_device
-from .models import DEFAULT_FEATURES, arch_slug, check_arch
-from .precision import resolve_precision, use_precision
+from .learner import learner_for_spec, pick_device
+from .models import arch_slug
+from .precision import learner_precision
+from .runs import (RunLock, load_model_weights, load_weights, new_run_dir, read_history, read_run, resolve_run, versions,
+                   write_history, write_json)
+from .spec import RunSpec
 from .synth import is_synthetic
-from .runs import (RunLock, load_model_weights, load_weights, new_run_dir, read_history, read_run_config, resolve_run,
-                   versions, write_history, write_json)
 
-__all__ = ["TrainingDiverged", "TrainingInterrupted", "check_training_data", "train", "find_lr"]
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "check_training_data", "train", "resume", "find_lr"]
 
 Say = Callable[[str], None]
 
@@ -78,8 +79,8 @@ def _lr_find(learn: Learner, num_it: int = 100):
 
 
 def _precision_fields(learn: Learner, requested: str) -> dict[str, str]:
-    "Set the learner's precision on its device; config.json's record of what was asked, used and why."
-    precision = use_precision(learn, resolve_precision(requested, learn.dls.device))
+    "config.json's record of the precision asked for, the one used and why."
+    precision = learner_precision(learn)
     return {"precision_requested": requested, "precision": precision.mode, "precision_reason": precision.reason}
 
 
@@ -88,46 +89,29 @@ def _counts(learn: Learner) -> dict[str, dict[str, int]]:
 
 
 def train(
-    arch: str,  # attention-unet, resnet18/34/50/101 or timm/NAME
-    data: str | Path | None = None,  # dataset root (default: config.data_path)
-    config: Config | None = None,  # img_size, bs, epochs, lr, classes, seed, num_workers, runs_dir
+    spec: RunSpec,  # every setting of the run (RunSpec.from_flags builds it from flags, environment and settings.ini)
     name: str | None = None,  # run directory name under runs_dir (default <arch>-<YYYYmmdd-HHMMSS>)
-    pretrained: bool = True,  # ImageNet encoder weights; falls back to scratch (with a warning) when offline
+    runs_dir: str | Path = "runs",  # folder of the run directories
     device: str | None = None,  # 'cpu', 'cuda' or None for automatic
-    resume: str | Path | None = None,  # continue this run from its last completed epoch
-    features: tuple[int, ...] = DEFAULT_FEATURES,  # attention-unet channel widths
-    empty_weight: float = 0.0,  # weight of the loss's image-level term
-    dice_weight: float = 1.0,  # weight of the loss's Dice term (cross-entropy has 1)
-    cls_weight: float = DEFAULT_CLS_WEIGHT,  # weight of the image head's BCE in the loss; 0: no image head (segmentation alone)
-    gate_topk: float = 0.0,  # pixel-evidence gate at inference (before the image head): share of pixels; 0: off
-    augment: bool = True,  # `xray_augmentations` on the training batches
-    keep_checkpoint: bool = False,  # keep checkpoint.pth (weights + optimizer state) once the run is complete
+    num_workers: int = 0,  # DataLoader worker processes (0 keeps the PNG cache in this process; CUDA: up to 8)
     cbs: list | None = None,  # extra fastai callbacks
     say: Say = _quiet,  # where progress lines go (the CLI passes its echo)
 ) -> Path:
-    """Train `arch` with one-cycle into a run directory (config.json, history.csv, model.pth, checkpoint.pth).
+    """Train `spec` with one-cycle into a new run directory (config.json, history.csv, model.pth, checkpoint.pth).
 
-    Ctrl-C raises `TrainingInterrupted` (a KeyboardInterrupt) after marking the run "interrupted"."""
-    if resume is not None:
-        return _resume(resume, config, device, cbs, say)
-    config = config or Config()
-    arch = check_arch(arch)
-    lr = parse_lr(config.lr)  # fail on a bad --lr before any work
+    Ctrl-C raises `TrainingInterrupted` (a KeyboardInterrupt) after marking the run "interrupted"; `resume` continues it."""
+    lr = parse_lr(spec.lr)
     if lr is None and distributed.world_size() > 1:  # each process's lr_find would pick its own rate
         raise CovfastError("--lr auto is not available in a distributed run; run `covfast lr-find` first and pass --lr")
     pick_device(device)  # an unknown device fails here, in one line
-    root = resolve_root(data or config.data_path).resolve()
-    check_training_data(root, config.classes, config.bs)  # before any epoch: a bad Val file must not wait for one
+    root = resolve_root(spec.data_root).resolve()
+    spec = spec.replace(data_root=str(root))
+    check_training_data(root, spec.classes, spec.bs)  # before any epoch: a bad Val file must not wait for one
     run_device = distributed.start(device)
-    cfg = {"arch": arch, **config.to_dict(), "data_root": str(root),
-           "pretrained": pretrained, "device": device or "auto", "empty_weight": empty_weight,
-           "dice_weight": dice_weight, "cls_weight": cls_weight, "gate_topk": gate_topk, "augment": augment,
-           "features": list(features) if arch == "attention-unet" else None, "synthetic_data": is_synthetic(root),
-           "keep_checkpoint": keep_checkpoint}
-    learn, status = learner_for_config(cfg, device=run_device)
-    run_dir = _new_run_dir(config.runs_dir, name, arch_slug(arch))
+    learn, status = learner_for_spec(spec, device=run_device or device, num_workers=num_workers)
+    run_dir = _new_run_dir(runs_dir, name, arch_slug(spec.arch))
     try:
-        return _start(learn, status, run_dir, cfg, config, lr, cbs, say)
+        return _start(learn, status, run_dir, spec, lr, cbs, say)
     except TrainingDiverged:
         raise  # its run directory says "diverged", and when
     except Exception:
@@ -137,15 +121,15 @@ def train(
         raise
 
 
-def _start(learn: Learner, status, run_dir: Path, cfg: dict[str, Any], config: Config, lr: float | None,
-           cbs: list | None, say: Say) -> Path:
-    "A new run's config.json, its lr_find when --lr auto, then its one-cycle fit."
+def _start(learn: Learner, status, run_dir: Path, spec: RunSpec, lr: float | None, cbs: list | None, say: Say) -> Path:
+    "A new run's config.json (the spec and what the run got), its lr_find when --lr auto, then its one-cycle fit."
     learn.path = run_dir
-    cfg.update(run_name=run_dir.name, created=datetime.now().isoformat(timespec="seconds"),
-               pretrained_requested=cfg["pretrained"], pretrained=status.used, pretrained_reason=status.reason,
-               freeze_epochs=1 if status.used and config.epochs >= 2 else 0,
-               device=str(learn.dls.device), **_precision_fields(learn, config.precision),
-               counts=_counts(learn), versions=versions(), status="running", processes=distributed.world_size())
+    record = {**spec.to_json(), "run_name": run_dir.name, "created": datetime.now().isoformat(timespec="seconds"),
+              "pretrained": status.used, "pretrained_reason": status.reason,
+              "freeze_epochs": 1 if status.used and spec.epochs >= 2 else 0,
+              "device": str(learn.dls.device), "num_workers": learn.dls.train.fake_l.num_workers,
+              **_precision_fields(learn, spec.precision), "synthetic_data": is_synthetic(spec.data_root),
+              "counts": _counts(learn), "versions": versions(), "status": "running", "processes": distributed.world_size()}
     if lr is None:
         suggestions, fig = _lr_find(learn)
         fig.savefig(run_dir / "lr_find.png", dpi=110, bbox_inches="tight")
@@ -154,11 +138,11 @@ def _start(learn: Learner, status, run_dir: Path, cfg: dict[str, Any], config: C
         if not lr > 0:
             raise CovfastError("lr_find's curve was too short for a valley; pass --lr with a number")
         say(f"lr_find valley: {lr:.2e} (plot: {run_dir / 'lr_find.png'})")
-    cfg["lr_used"] = lr
+    record["lr_used"] = lr
     if distributed.is_main():
-        write_json(run_dir / "config.json", cfg)
+        write_json(run_dir / "config.json", record)
     with _lock(run_dir):
-        return _fit(learn, run_dir, cfg, completed=0, cbs=cbs, say=say)
+        return _fit(learn, run_dir, spec, record, completed=0, cbs=cbs, say=say)
 
 
 def _lock(run_dir: Path):
@@ -194,28 +178,37 @@ def _new_run_dir(runs_dir: str | Path, name: str | None, slug: str) -> Path:
     return made
 
 
-def _resume(resume: str | Path, config: Config | None, device: str | None, cbs: list | None, say: Say) -> Path:
-    runs_dir = (config or Config()).runs_dir
-    run_dir = resolve_run(resume, runs_dir)
+def resume(
+    run: str | Path,  # the run directory, or its name under runs_dir
+    given: Mapping[str, Any] | None = None,  # the flags given with --resume (RunSpec field names; None: not given): any that differs is refused
+    runs_dir: str | Path = "runs",
+    name: str | None = None,  # refused: a resumed run keeps its name
+    device: str | None = None,  # default: the device the run trained on
+    num_workers: int = 0,
+    cbs: list | None = None,
+    say: Say = _quiet,
+) -> Path:
+    "Continue an interrupted run from its last completed epoch, exactly where the uninterrupted run would be."
+    if name is not None:
+        raise CovfastError(f"--name names a new run; --resume continues {run} under its own name: leave --name out")
+    run_dir = resolve_run(run, runs_dir)
     with _lock(run_dir):  # before reading anything: another process may be writing this run
-        cfg = read_run_config(run_dir)
+        spec, record = read_run(run_dir)
+        spec.check_resume(run_dir, given or {})
         ckpt = load_weights(run_dir / "checkpoint.pth") if (run_dir / "checkpoint.pth").is_file() else None
         completed = int(ckpt["epoch"]) if ckpt else 0
         finished = max([completed, *read_history(run_dir).epoch.astype(int).tolist()])
-        if finished >= cfg["epochs"]:
-            raise CovfastError(f"run {run_dir} already completed its {cfg['epochs']} epochs; nothing to resume")
+        if finished >= spec.epochs:
+            raise CovfastError(f"run {run_dir} already completed its {spec.epochs} epochs; nothing to resume")
         if ckpt is None and finished:
             raise CovfastError(f"{run_dir} has finished epochs but no checkpoint.pth to resume from; train it again "
                                f"under another --name")
-        if device is not None:
-            cfg["device"] = device
-        run_device = distributed.start(cfg.get("device"))
+        device = device or record.get("device")
+        run_device = distributed.start(device)
         # the run's own settings, pretrained status included: the encoder weights come from the checkpoint
-        learn, _ = learner_for_config(cfg, pretrained=False, warn=False, device=run_device)
+        learn, _ = learner_for_spec(spec, device=run_device or device, num_workers=num_workers, pretrained=False, warn=False)
         learn.path = run_dir
-        if cfg.get("precision_requested") is None:  # a run from before --precision: fp32 on CPU, mixed on CUDA
-            cfg["precision_requested"] = "auto" if learn.dls.device.type == "cuda" and cfg.get("fp16", True) else "fp32"
-        cfg.update(_precision_fields(learn, cfg["precision_requested"]))
+        record.update(spec.to_json(), device=str(learn.dls.device), **_precision_fields(learn, spec.precision))
         if ckpt:
             load_model_weights(learn.model, ckpt["model"], run_dir / "checkpoint.pth")
             learn._resume_opt = ckpt["opt"]
@@ -226,13 +219,14 @@ def _resume(resume: str | Path, config: Config | None, device: str | None, cbs: 
                 learn._resume_random = ckpt["random"]
             learn._resume_smooth = ckpt.get("smooth_loss")
         if distributed.is_main():
-            say(f"Resuming {run_dir} after epoch {completed} of {cfg['epochs']}")
-        return _fit(learn, run_dir, cfg, completed=completed, cbs=cbs, say=say)
+            say(f"Resuming {run_dir} after epoch {completed} of {spec.epochs}")
+        return _fit(learn, run_dir, spec, record, completed=completed, cbs=cbs, say=say)
 
 
-def _fit(learn: Learner, run_dir: Path, cfg: dict[str, Any], completed: int, cbs: list | None, say: Say) -> Path:
-    "The one-cycle phases (a frozen epoch first for a pretrained encoder), resumable after any epoch."
-    lr, epochs, frozen = cfg["lr_used"], cfg["epochs"], cfg.get("freeze_epochs", 0)
+def _fit(learn: Learner, run_dir: Path, spec: RunSpec, cfg: dict[str, Any], completed: int, cbs: list | None,
+         say: Say) -> Path:
+    "The one-cycle phases (a frozen epoch first for a pretrained encoder), resumable after any epoch; `cfg` is config.json's record."
+    lr, epochs, frozen = cfg["lr_used"], spec.epochs, cfg.get("freeze_epochs", 0)
     # (first global epoch, epochs, learning rate, train the encoder?)
     phases = ([(0, frozen, lr, False)] if frozen else []) + [(frozen, epochs - frozen, slice(lr / 200, lr / 2) if frozen else lr, True)]
     main = distributed.is_main()
@@ -269,7 +263,7 @@ def _fit(learn: Learner, run_dir: Path, cfg: dict[str, Any], completed: int, cbs
             raise
         cfg["status"] = "interrupted"
         write_json(run_dir / "config.json", cfg)
-        raise TrainingInterrupted(run_dir, cfg["arch"], len(read_history(run_dir)), epochs) from None
+        raise TrainingInterrupted(run_dir, spec.arch, len(read_history(run_dir)), epochs) from None
     except RunDiverged as e:
         history = read_history(run_dir)
         cfg.update(status="diverged", diverged_epoch=e.epoch, diverged=e.what)
@@ -288,29 +282,24 @@ def _fit(learn: Learner, run_dir: Path, cfg: dict[str, Any], completed: int, cbs
         return run_dir
     cfg["status"] = "complete"
     write_json(run_dir / "config.json", cfg)
-    if not cfg.get("keep_checkpoint", True):
+    if not spec.keep_checkpoint:
         # a complete run cannot be resumed: its optimizer state (3x the weights with Adam) is dead weight on disk
         (run_dir / "checkpoint.pth").unlink(missing_ok=True)
     return run_dir
 
 
 def find_lr(
-    arch: str,
-    data: str | Path | None = None,
-    config: Config | None = None,
+    spec: RunSpec,  # the settings `covfast train` would train with: lr_find runs on the model it would build
     out: str | Path | None = None,  # folder for lr_find.png (default: runs_dir/lr-find-<arch>-<time>)
-    pretrained: bool = True,
+    runs_dir: str | Path = "runs",
     device: str | None = None,
+    num_workers: int = 0,
     num_it: int = 100,  # mini-batches to try
 ) -> tuple[dict[str, float], Path]:
     "fastai lr_find: the valley/slide/minimum/steep suggestions and the saved plot."
-    config = config or Config()
-    arch = check_arch(arch)
-    cfg = {"arch": arch, **config.to_dict(), "data_root": str(resolve_root(data or config.data_path).resolve()),
-           "pretrained": pretrained, "device": device or "auto"}
-    learn, _ = learner_for_config(cfg)
-    _precision_fields(learn, config.precision)
-    out = Path(out) if out else Path(config.runs_dir) / f"lr-find-{arch_slug(arch)}-{datetime.now():%Y%m%d-%H%M%S}"
+    spec = spec.replace(data_root=str(resolve_root(spec.data_root).resolve()))
+    learn, _ = learner_for_spec(spec, device=device, num_workers=num_workers)
+    out = Path(out) if out else Path(runs_dir) / f"lr-find-{arch_slug(spec.arch)}-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     suggestions, fig = _lr_find(learn, num_it=num_it)
     path = out / "lr_find.png"

@@ -36,27 +36,36 @@ def real_root() -> Path:
     return SHARED_DATA
 
 
-def _fake_run(tmp_path, data_root, name, infection: bool, image_logit: float | None = None, threshold: float | None = None):
+def _fake_run(tmp_path, data_root, name, infection: bool, image_logit: float | None = None, threshold: float | None = None,
+              lungs: str | None = None, inside_lungs: bool | None = None):
     """A run directory whose model predicts infection everywhere (or nowhere), whatever the image; with
-    `image_logit`, an image head that gives every image that logit, and (`threshold`) a calibration.json."""
+    `image_logit`, an image head that gives every image that logit, and (`threshold`, `inside_lungs`) a
+    calibration.json; with `lungs` ('everywhere' or 'nowhere'), a lung output that outlines those lungs. Its config.json is as old covfast versions wrote it: a run without `lungs` is a run from before the
+    lung output (and without `image_logit`, from before the image head, with the pixel-evidence gate)."""
     run = tmp_path / "runs" / name
     run.mkdir(parents=True)
     head = image_logit is not None
-    write_json(run / "config.json", {"arch": "attention-unet", "features": [4, 8], "data_root": str(data_root),
-                                     "img_size": 32, "bs": 4, "classes": ["COVID-19", "Non-COVID"], "seed": 0,
-                                     "num_workers": 0, "lr": "1e-3", "epochs": 1, "gate_topk": 0.0 if head else 0.02,
-                                     "cls_weight": 1.0 if head else 0.0, "pretrained": False, "device": "cpu"})
-    model = AttentionUNet(3, 2, (4, 8), image_head=head)
+    cfg = {"arch": "attention-unet", "features": [4, 8], "data_root": str(data_root), "img_size": 32, "bs": 4,
+           "classes": ["COVID-19", "Non-COVID"], "seed": 0, "num_workers": 0, "lr": "1e-3", "epochs": 1,
+           "gate_topk": 0.0 if head else 0.02, "cls_weight": 1.0 if head else 0.0, "pretrained": False, "device": "cpu"}
+    if lungs:
+        cfg["lung_weight"] = 1.0
+    write_json(run / "config.json", cfg)
+    model = AttentionUNet(3, 2, (4, 8), image_head=head, lung_head=bool(lungs))
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.copy_(torch.tensor([-1.0, 1.0] if infection else [1.0, -1.0]))
         if head:
             model.image_head.fc.weight.zero_()
             model.image_head.fc.bias.fill_(image_logit)
+        if lungs:
+            model.lung_head.weight.zero_()
+            model.lung_head.bias.copy_(torch.tensor([-1.0, 1.0] if lungs != "nowhere" else [1.0, -1.0]))
     torch.save(model.state_dict(), run / "model.pth")
-    if threshold is not None:
-        write_json(run / "calibration.json", {"kind": "image_probability", "threshold": threshold, "split": "Val",
-                                              "data_root": str(Path(data_root).resolve())})
+    if threshold is not None or inside_lungs is not None:
+        write_json(run / "calibration.json", {"kind": "image_probability", "threshold": 0.5 if threshold is None else threshold,
+                                              "split": "Val", "data_root": str(Path(data_root).resolve()),
+                                              **({} if inside_lungs is None else {"inside_lungs": inside_lungs})})
     return run
 
 

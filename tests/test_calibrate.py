@@ -9,9 +9,11 @@ import torch
 from typer.testing import CliRunner
 
 from covfast.calibrate import operating_points, threshold_for_sensitivity, threshold_for_specificity
+from covfast import __version__
 from covfast.cli import app
 from covfast.errors import CovfastError
-from covfast.metrics import gate_empty
+from covfast.decision import Decision
+from covfast.outputs import model_output
 
 runner = CliRunner()
 
@@ -25,8 +27,9 @@ def test_gate_margin_raises_the_evidence_needed():
     logits = torch.zeros(1, 2, 16, 16)
     logits[:, 1] = -5.0
     logits[0, 1, :4, :4] = 3.0  # a 16-pixel blob: the top 5 pixels' mean margin is 3
-    assert gate_empty(logits, 0.02, margin=2.9).argmax(1).sum() == 16
-    assert gate_empty(logits, 0.02, margin=3.0).argmax(1).sum() == 0  # 'above the margin' is strict
+    out = model_output(infection=logits)
+    assert Decision(gate_topk=0.02, gate_margin=2.9).apply(out).sum() == 16
+    assert Decision(gate_topk=0.02, gate_margin=3.0).apply(out).sum() == 0  # 'above the margin' is strict
 
 
 def test_threshold_for_specificity_hand_cases():
@@ -136,7 +139,9 @@ def test_report_after_calibrate_shows_the_new_thresholds_numbers(synth_root, tmp
     assert runner.invoke(app, ["evaluate", "everywhere", "--split", "Test"]).exit_code == 0
     stored = json.loads((run / "eval" / "Test" / "summary.json").read_text())
     assert stored["gate_margin"] == 0.0 and len(stored["weights_sha256"]) == 64
-    assert stored["data_root"] == str(synth_root.resolve())
+    # the data root in one form (the folder holding the splits), and what else the numbers depend on
+    assert stored["data_root"] == str((synth_root / "Infection Segmentation Data").resolve())
+    assert stored["img_size"] == 32 and stored["covfast_version"] == __version__
     before = pd.read_csv(run / "eval" / "Test" / "summary.csv").set_index("group")
     assert before.loc["Non-COVID", "dice"] == 0  # uncalibrated: infection painted everywhere
     # a report now reuses the stored results: same per_image.csv, byte for byte
@@ -152,3 +157,16 @@ def test_report_after_calibrate_shows_the_new_thresholds_numbers(synth_root, tmp
     assert json.loads((run / "eval" / "Test" / "summary.json").read_text())["gate_margin"] == pytest.approx(2.0)
     page = (run / "report" / "index.html").read_text()
     assert "2.0" in page.split("gate_margin", 1)[1][:80]  # the settings table shows the calibrated threshold
+
+
+@pytest.mark.parametrize("value", ["NaN", "5", "-1", "[]", "{}", '"abc"', "true"])
+def test_a_calibration_file_with_a_bad_threshold_is_refused_in_one_line(synth_root, tmp_path, fake_run, value):
+    "A threshold that is not a finite probability would empty every image, or none: one line naming the file, exit 2."
+    run = fake_run(tmp_path, synth_root, "h", infection=True, image_logit=1.0, threshold=0.5)
+    path = run / "calibration.json"
+    path.write_text(path.read_text().replace('"threshold": 0.5', f'"threshold": {value}'))
+    for args in (["evaluate", "h", "--split", "Test"], ["predict", "h", str(synth_root / "Infection Segmentation Data" / "Test")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (value, result.output)
+        line = result.stderr.strip()
+        assert len(line.splitlines()) == 1 and "calibration.json" in line and "covfast calibrate h --force" in line

@@ -5,7 +5,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from covfast.config import Config  # noqa: E402
 from covfast.data import InfectionMask, covid_dataloaders, load_mask, read_xray  # noqa: E402
 from covfast.errors import CovfastError  # noqa: E402
 
@@ -25,7 +24,7 @@ def check_batches(dls, size, bs):
 
 
 def test_synthetic_batches(synth_root):
-    dls = covid_dataloaders(synth_root, Config(img_size=48, bs=4, classes=("COVID-19", "Non-COVID")), device="cpu")
+    dls = covid_dataloaders(synth_root, img_size=48, bs=4, classes=("COVID-19", "Non-COVID"), device="cpu")
     assert len(dls.train_ds) == 12 and len(dls.valid_ds) == 12
     assert set(dls.train.items.split) == {"Train"} and set(dls.valid.items.split) == {"Val"}
     check_batches(dls, 48, 4)
@@ -43,13 +42,13 @@ def test_synthetic_batches(synth_root):
 
 
 def test_real_batches(real_root):
-    dls = covid_dataloaders(real_root, Config(img_size=64, bs=8), device="cpu")
+    dls = covid_dataloaders(real_root, img_size=64, bs=8, device="cpu")
     assert len(dls.train_ds) == 1080 and len(dls.valid_ds) == 932  # all three classes by default
     check_batches(dls, 64, 8)
 
 
 def test_all_classes_adds_normal(synth_root):
-    dls = covid_dataloaders(synth_root, Config(img_size=32, bs=2, classes=("COVID-19", "Non-COVID", "Normal")))
+    dls = covid_dataloaders(synth_root, img_size=32, bs=2, classes=("COVID-19", "Non-COVID", "Normal"))
     assert len(dls.train_ds) == 18
 
 
@@ -78,7 +77,7 @@ def test_loader_settings_keep_a_gpu_fed_and_leave_the_cpu_path_alone(monkeypatch
 
 
 def test_items_are_prepared_once_and_served_unchanged(synth_root):
-    dls = covid_dataloaders(synth_root, Config(img_size=32, bs=4, seed=0), augment=False)
+    dls = covid_dataloaders(synth_root, img_size=32, bs=4, augment=False)
     first = list(dls.valid)  # fastai's item pipeline: decode, mask codes, resize, ToTensor
     assert len(dls.valid._items) == len(dls.valid.items)
     again = list(dls.valid)  # from the item cache

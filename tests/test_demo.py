@@ -14,7 +14,7 @@ from covfast.config import Config
 from covfast.demo import DEMO_SETTINGS, demo
 from covfast.evaluate import evaluate
 from covfast.synth import write_synthetic
-from covfast.train import train
+from tests.helpers import train
 
 runner = CliRunner()
 

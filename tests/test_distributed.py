@@ -16,7 +16,8 @@ from covfast import distributed
 from covfast.models import AttentionUNet
 from covfast.runs import load_weights
 from covfast.synth import write_synthetic
-from covfast.learner import learner_for_config
+from covfast.learner import learner_for_spec
+from covfast.spec import RunSpec
 
 
 def free_port() -> int:
@@ -53,7 +54,7 @@ def test_two_processes_train_one_whole_run(tmp_path):
 
     # the logged validation metrics are those of all 15 Val images once: one process validating
     # the last epoch's weights on the whole Val set gets the same values
-    learn, _ = learner_for_config({**cfg, "device": "cpu"}, pretrained=False, warn=False)
+    learn, _ = learner_for_spec(RunSpec.from_json(cfg), device="cpu", pretrained=False, warn=False)
     learn.model.load_state_dict(load_weights(run / "checkpoint.pth")["model"])
     with learn.no_bar(), learn.no_logging():
         values = dict(zip(["valid_loss", *[m.name for m in learn.metrics]], learn.validate()))

@@ -13,6 +13,7 @@ from covfast.cli import app
 from covfast.dataset import scan_tree
 from covfast.inference import inference_learner
 from covfast.metrics import severity_band
+from covfast.spec import RunSpec
 
 runner = CliRunner()
 
@@ -82,9 +83,9 @@ def test_unknown_run_and_split(synth_root, tmp_path, fake_run):
 
 def test_inference_learner_needs_no_data(tmp_path):
     "Evaluate/report/predict build their learner from config.json alone, for DynamicUnet runs too."
-    cfg = {"arch": "resnet18", "data_root": str(tmp_path / "absent"), "img_size": 32, "bs": 4, "seed": 0,
-           "classes": ["COVID-19", "Non-COVID"], "num_workers": 0, "pretrained": False, "device": "cpu"}
-    learn = inference_learner(cfg)
+    spec = RunSpec("resnet18", data_root=str(tmp_path / "absent"), img_size=32, bs=4, classes=("COVID-19", "Non-COVID"),
+                   pretrained=False)
+    learn = inference_learner(spec, device="cpu")
     xb, yb = learn.dls.one_batch()
     assert xb.shape[1:] == (3, 32, 32)
-    assert learn.model.eval()(xb).shape[1:] == (2, 32, 32)
+    assert learn.model.eval()(xb).infection.shape[1:] == (2, 32, 32)

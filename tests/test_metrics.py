@@ -3,7 +3,10 @@ import pytest
 import torch
 
 from covfast.losses import SegLoss
-from covfast.metrics import confusion_counts, dice_from_counts, gate_empty, iou_from_counts, pooled_dice
+from covfast.decision import Decision
+from covfast.metrics import confusion_counts, dice_from_counts, iou_from_counts, pooled_dice
+from covfast.outputs import model_output
+from covfast.spec import RunSpec
 
 
 def masks(*pixel_sets, size=4):
@@ -34,33 +37,20 @@ def test_pooled_differs_from_per_image_mean():
     assert pooled_dice([0], [0], [0]) == 1.0
 
 
-def test_loss_image_term_rewards_empty_prediction_on_empty_truth():
-    loss = SegLoss(empty_weight=1.0)
-    truth = torch.zeros(1, 8, 8, dtype=torch.long)
-    empty = torch.zeros(1, 2, 8, 8)
-    empty[:, 0] = 5.0  # confident background everywhere
-    blob = empty.clone()
-    blob[:, 1, :2, :2] = 10.0  # a confident 4-pixel false positive
-    assert loss.image_term(blob, truth) > loss.image_term(empty, truth) + 1
-    assert loss(blob, truth) > loss(empty, truth)
-    assert loss.decodes(blob)[0, :2, :2].eq(1).all() and loss.decodes(blob).sum() == 4
-    assert SegLoss(empty_weight=0)(blob, truth) < loss(blob, truth)
-
-
 def test_gate_empties_images_without_enough_evidence():
     logits = torch.zeros(3, 2, 16, 16)  # 256 pixels: topk 0.02 looks at the top 5
     logits[:, 1] = -5.0
     logits[0, 1, 0, 0] = 10.0  # one confident pixel: top-5 mean margin (10 - 20) / 5 < 0 -> emptied
     logits[1, 1, :4, :4] = 3.0  # a 16-pixel blob: top-5 mean 3 > 0 -> kept
-    gated = gate_empty(logits, topk=0.02)
-    masks = gated.argmax(1)
+    out = model_output(infection=logits)
+    masks = Decision(gate_topk=0.02).apply(out)
     assert masks[0].sum() == 0 and masks[1].sum() == 16 and masks[2].sum() == 0
-    assert torch.equal(gated[1], logits[1]) and torch.isfinite(gated).all()
-    assert torch.equal(gate_empty(logits, topk=0), logits)
+    assert torch.equal(masks[1], logits[1].argmax(0) == 1)
+    assert torch.equal(Decision().apply(out), logits.argmax(1) == 1)  # no gate: the argmax alone
 
 
 def test_predicted_infection_is_the_two_channel_argmax_with_ties_to_background():
-    from covfast.metrics import predicted_infection
+    from covfast.decision import predicted_infection
     logits = torch.randn(3, 2, 5, 7)
     logits[0, :, 0, 0] = 0.5  # a tie
     assert torch.equal(predicted_infection(logits), logits.argmax(1) == 1)
@@ -76,7 +66,7 @@ def test_loss_weights_its_dice_term_against_cross_entropy():
     # Dice per class, 2*inter/(sum p + sum truth): background 2*1.5/(2+3) = 0.6, infection 2*0.5/(2+1) = 1/3
     dice_loss = ((1 - 0.6) + (1 - 1 / 3)) / 2
     for w in (0.0, 1.0, 3.0):
-        assert float(SegLoss(dice_weight=w)(logits, truth)) == pytest.approx(ce + w * dice_loss, abs=1e-5)
+        assert float(SegLoss(RunSpec("attention-unet", dice_weight=w))(logits, truth)) == pytest.approx(ce + w * dice_loss, abs=1e-5)
 
 
 def test_pooled_iou_sums_counts_over_images():
@@ -130,3 +120,52 @@ def test_roc_auc_is_the_share_of_rightly_ranked_pairs_with_many_ties():
             continue
         pairs = [(a > b) + 0.5 * (a == b) for a in scores[positive] for b in scores[~positive]]
         assert roc_auc(scores, positive) == pytest.approx(np.mean(pairs))
+
+
+def test_image_level_sensitivity_and_specificity_by_hand():
+    from covfast.metrics import infected, sensitivity, specificity
+    import pandas as pd
+    # 3 infected images (one left empty), 2 empty-truth images (one outlined)
+    table = pd.DataFrame({"tp": [5, 0, 3, 0, 0], "fn": [1, 4, 0, 0, 0], "fp": [0, 0, 1, 0, 7]})
+    truth = infected(table)
+    empty = (table.tp + table.fp == 0).to_numpy()
+    assert truth.tolist() == [True, True, True, False, False]
+    assert sensitivity(empty, truth) == pytest.approx(2 / 3) and specificity(empty, truth) == 0.5
+    assert np.isnan(sensitivity(empty[3:], truth[3:])) and np.isnan(specificity(empty[:3], truth[:3]))
+
+
+def test_severity_error_and_band_agreement_by_hand():
+    from covfast.metrics import band_agreement, severity_mae
+    pred, true = [0.0, 30.0, 60.0, float("nan"), 80.0], [0.0, 20.0, 80.0, 10.0, float("nan")]
+    # the pairs with both defined: (0, 0), (30, 20), (60, 80): errors 0, 10, 20; bands 0=0, 25-50 vs <25, 50-75 vs >=75
+    assert severity_mae(pred, true) == pytest.approx(10.0)
+    assert band_agreement(pred, true) == pytest.approx(1 / 3)
+    assert np.isnan(severity_mae([float("nan")], [1.0])) and np.isnan(band_agreement([], []))
+
+
+def test_bootstrap_auc_is_scikit_learns_auc_with_an_interval_around_it():
+    from sklearn.metrics import roc_auc_score
+
+    from covfast.metrics import _auc_of_samples, bootstrap_auc, bootstrap_ci
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        scores = rng.integers(0, 6, 40).astype(float)  # many ties
+        positive = rng.random(40) < 0.5
+        expected = roc_auc_score(positive, scores)
+        # the statistic the bootstrap resamples is the same AUC (Mann-Whitney U), ties counted half
+        assert _auc_of_samples(scores[positive], scores[~positive]) == pytest.approx(expected)
+        auc, lo, hi = bootstrap_auc(scores, positive, n_boot=200)
+        assert auc == pytest.approx(expected) and lo <= auc <= hi
+    values = rng.random(50)
+    lo, hi = bootstrap_ci(values)
+    assert lo < values.mean() < hi and hi - lo < 0.3
+    assert bootstrap_ci(np.array([0.4])) == (0.4, 0.4) and np.isnan(bootstrap_ci(np.array([]))[0])
+
+
+def test_the_decision_upsamples_to_a_masks_own_size():
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1, 0, 0] = 4.0  # infection in the top-left pixel only
+    out = model_output(infection=logits, covid=torch.tensor([3.0]))
+    mask = Decision(threshold=0.5).mask(out, (4, 4))
+    assert mask.shape == (4, 4) and mask[0, 0] and not mask[3, 3] and mask.dtype == bool
+    assert not Decision(threshold=0.99).mask(out, (4, 4)).any()  # sigmoid(3) = 0.95 is at or below 0.99

@@ -4,6 +4,7 @@ import torch
 from covfast.errors import CovfastError
 from covfast.learner import build_model
 from covfast.models import AttentionUNet, check_arch
+from covfast.spec import RunSpec
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (50, 70), (33, 96)])
@@ -11,13 +12,14 @@ def test_attention_unet_any_input_size(shape):
     model = AttentionUNet(3, 2, features=(4, 8, 16, 32)).eval()
     x = torch.randn(2, 3, *shape)
     out, maps = model.forward_with_attention(x)
+    out = out.infection
     assert out.shape == (2, 2, *shape)
     # one map per gated skip, coarsest first, each in [0, 1] at its skip's (padded) spatial size
     padded = [((s + 7) // 8) * 8 for s in shape]
     assert [m.shape for m in maps] == [(2, 1, padded[0] // f, padded[1] // f) for f in (4, 2, 1)]
     for m in maps:
         assert m.min() >= 0 and m.max() <= 1
-    assert torch.equal(model(x), out)
+    assert torch.equal(model(x).infection, out)
 
 
 def test_attention_gate_multiplies_skip_by_map():
@@ -35,8 +37,8 @@ def test_bad_widths_raise():
 
 @pytest.mark.parametrize("arch", ["resnet18", "timm/resnet18"])
 def test_dynamic_unet_shapes(arch):
-    model = build_model(arch, n_out=2, img_size=(64, 64)).eval()
-    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+    model = build_model(RunSpec(arch, img_size=64, cls_weight=0)).eval()
+    assert model(torch.randn(1, 3, 64, 64)).infection.shape == (1, 2, 64, 64)
 
 
 def test_arch_names():

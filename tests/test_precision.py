@@ -13,7 +13,7 @@ from covfast.errors import CovfastError
 from covfast.models import AttentionUNet
 from covfast.precision import cpu_runs_bf16, resolve_precision
 from covfast.runs import read_json
-from covfast.train import train
+from tests.helpers import train
 
 runner = CliRunner()
 
@@ -54,7 +54,7 @@ class DtypeWatch(Callback):
     order = 90
 
     def after_loss(self):
-        seen.append((self.pred.dtype, self.loss.dtype, self.model.head.weight.dtype))
+        seen.append((self.pred.infection.dtype, self.pred.covid.dtype, self.loss.dtype, self.model.head.weight.dtype))
 
 
 seen = []
@@ -67,14 +67,14 @@ def test_a_bf16_run_records_its_precision_and_scores_in_fp32(synth_root, tmp_pat
     cfg = read_json(run / "config.json")
     assert cfg["precision"] == "bf16" and cfg["precision_requested"] == "bf16" and cfg["precision_reason"]
     # autocast computes the convolutions in bf16; the weights, the logits the loss and metrics see, and the loss are fp32
-    assert seen and set(seen) == {(torch.float32, torch.float32, torch.float32)}
+    assert seen and set(seen) == {(torch.float32,) * 4}
     fp32 = train("attention-unet", synth_root, config.replace(precision="fp32"), name="f")
     assert read_json(fp32 / "config.json")["precision"] == "fp32"
 
 
 def test_a_bf16_run_evaluates_and_predicts_identically_twice(synth_root, tmp_path):
     config = Config(img_size=32, bs=4, epochs=2, lr="3e-3", runs_dir=str(tmp_path / "runs"), precision="bf16")
-    train("attention-unet", synth_root, config, name="b", gate_topk=0.0)
+    train("attention-unet", synth_root, config, name="b")
     folder = tmp_path / "runs" / "b" / "eval" / "Val"
     outputs = []
     for _ in range(2):
@@ -100,10 +100,10 @@ def test_bf16_logits_stay_close_to_fp32_logits():
     model = AttentionUNet(3, 2, (8, 16, 32)).train()
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
-        ref = model(x)
+        ref = model(x).infection
         fast_model = model.to(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            fast = fast_model(x.contiguous(memory_format=torch.channels_last)).float()
+            fast = fast_model(x.contiguous(memory_format=torch.channels_last)).infection.float()
     diff = (fast - ref).abs()
     assert diff.mean() < 0.05 * ref.std() and diff.max() < 0.10 * ref.abs().max(), (diff.mean(), diff.max())
     assert diff.max() > 0  # bf16 did run: the numbers are not fp32's
@@ -117,24 +117,23 @@ def test_the_image_head_decides_in_fp32_under_bf16_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
         bottleneck = model.encoder[1](model.pool(model.encoder[0](x)))
-    assert out.dtype == torch.float32
+    assert out.covid.dtype == torch.float32
     with torch.no_grad():
         expected = model.image_head(bottleneck)  # fp32 head on the (bf16-computed) features
-    assert torch.equal(out[:, 2, 0, 0], expected)
+    assert torch.equal(out.covid, expected)
 
 
-def test_a_notebook_learner_gets_the_fast_path_and_a_run_learner_its_own(synth_root, monkeypatch):
-    "covfast_learner (what notebooks call) resolves --precision itself; a run's learner is left to train/load_run."
+def test_a_learner_gets_the_precision_of_its_spec(synth_root, monkeypatch):
+    "covfast_learner resolves the spec's precision on its device: bf16 autocast where the CPU runs it natively."
     from covfast.data import covid_dataloaders
-    from covfast.learner import config_learner, covfast_learner
+    from covfast.learner import covfast_learner
     from covfast.precision import DeviceMixedPrecision, learner_precision
+    from covfast.spec import RunSpec
 
     monkeypatch.setattr(precision_mod, "cpu_runs_bf16", lambda: True)
-    dls = covid_dataloaders(synth_root, Config(img_size=32, bs=4), device="cpu")
+    dls = covid_dataloaders(synth_root, img_size=32, bs=4, device="cpu")
     kinds = lambda learn: [type(cb) for cb in learn.cbs]  # noqa: E731
-    learn, _ = covfast_learner(dls, "attention-unet", features=(4, 8))
+    learn, _ = covfast_learner(dls, RunSpec("attention-unet", features=(4, 8)))
     assert learner_precision(learn).mode == "bf16" and kinds(learn).count(DeviceMixedPrecision) == 1
-    learn, _ = covfast_learner(dls, "attention-unet", features=(4, 8), precision="fp32")
+    learn, _ = covfast_learner(dls, RunSpec("attention-unet", features=(4, 8), precision="fp32"))
     assert learner_precision(learn).mode == "fp32" and DeviceMixedPrecision not in kinds(learn)
-    learn, _ = config_learner(dls, {"arch": "attention-unet", "features": [4, 8], "cls_weight": 1.0})
-    assert DeviceMixedPrecision not in kinds(learn) and not hasattr(learn, "covfast_precision")

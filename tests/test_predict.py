@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from covfast.cli import app
 from covfast.dataset import DATASET_DIR
-from covfast.predict import overlay
+from covfast.figures import overlay
 
 runner = CliRunner()
 
@@ -55,9 +55,14 @@ def test_predict_mixed_folder(synth_root, tmp_path, mixed_folder, monkeypatch, f
     mask = np.asarray(Image.open(out / row["mask"]))
     assert mask.shape == (40, 50) and set(np.unique(mask)) == {255}  # input resolution, 0/255
     assert row.infected_pixels == 2000 and row.infection_pct_image == 100
-    assert table.loc[str(folder / "good.png"), "infection_pct_lung"] == 100
-    assert np.isnan(table.loc[str(folder / "deep16.png"), "infection_pct_lung"])  # an empty lung mask
-    assert np.isnan(table.loc[str(folder / "photo.jpg"), "infection_pct_lung"])  # no lung mask of that name
+    assert table.loc[str(folder / "good.png"), "infection_pct_of_lung"] == 100
+    assert table.loc[str(folder / "good.png"), ["severity_band", "lung_source"]].tolist() == [">=75", "given"]
+    # an empty lung mask: no infection % of lung, and the band says why
+    assert np.isnan(table.loc[str(folder / "deep16.png"), "infection_pct_of_lung"])
+    assert table.loc[str(folder / "deep16.png"), "severity_band"] == "no lungs found"
+    # no lung mask of that name, and a run without lungs of its own: nothing to measure with, and said so
+    assert np.isnan(table.loc[str(folder / "photo.jpg"), "infection_pct_of_lung"])
+    assert "photo.jpg: lung mask not used (no lung mask of that name)" in result.stderr
     assert (out / "overlays" / "deep16.png").is_file()
     again = runner.invoke(app, ["predict", "everywhere", str(folder), "--out", str(out)])
     assert again.exit_code == 2 and "already holds" in again.stderr
@@ -76,10 +81,11 @@ def test_predict_needs_only_the_run_directory(synth_root, tmp_path, monkeypatch,
 
 
 def test_prediction_batches_hold_the_pixels_of_fastais_validation_pipeline(mixed_folder, synth_root):
-    "iter_logits builds its batches without fastai's per-item pipeline; they must be the same tensors."
+    "iter_outputs builds its batches without fastai's per-item pipeline; they must be the same tensors."
     from covfast.data import inference_dataloaders
     from covfast.learner import covfast_learner
     from covfast.inference import _batch_pixels, _input_size, validation_batch
+    from covfast.spec import RunSpec
 
     folder, _ = mixed_folder
     masks = synth_root / DATASET_DIR / "Test" / "COVID-19" / "infection masks"
@@ -87,7 +93,7 @@ def test_prediction_batches_hold_the_pixels_of_fastais_validation_pipeline(mixed
     items = pd.DataFrame({"image": [str(folder / n) for n in ("good.png", "deep16.png", "photo.jpg")],
                           "infection_mask": [good_mask] * 3})
     for size in (32, 48):
-        learn, _ = covfast_learner(inference_dataloaders(size, 3), "attention-unet", features=(4, 8), pretrained=False)
+        learn, _ = covfast_learner(inference_dataloaders(size, 3), RunSpec("attention-unet", features=(4, 8)))
         assert _input_size(learn) == (size, size)
         fast = validation_batch(learn, _batch_pixels(items, _input_size(learn), with_labels=True))
         slow = learn.dls.test_dl(items, with_labels=True, bs=3).one_batch()

@@ -20,7 +20,7 @@ from covfast.cli import app
 from covfast.config import Config
 from covfast.dataset import DATASET_DIR
 from covfast.runs import RunLock, load_weights, read_json
-from covfast.train import train
+from tests.helpers import train
 
 runner = CliRunner()
 TINY = ["--size", "32", "--bs", "4", "--features", "4,8", "--lr", "3e-3"]
@@ -98,7 +98,7 @@ def test_one_writer_per_run_directory(synth_root, tmp_path):
 KILL_AT_BOUNDARY = """
 import os, signal, sys
 import covfast.callbacks as cb
-from covfast.config import Config
+from covfast.spec import RunSpec
 from covfast.train import train
 calls = []
 real = cb.write_history
@@ -108,8 +108,8 @@ def write_history(run_dir, history):
         os.kill(os.getpid(), signal.SIGKILL)
     real(run_dir, history)
 cb.write_history = write_history
-train("attention-unet", sys.argv[1], Config(img_size=32, bs=4, epochs=3, lr="3e-3", runs_dir="runs"), name="k",
-      features=(4, 8), augment=True)
+train(RunSpec("attention-unet", data_root=sys.argv[1], img_size=32, bs=4, epochs=3, lr="3e-3", features=(4, 8)),
+      name="k", runs_dir="runs")
 """
 
 
@@ -137,7 +137,7 @@ def test_resume_refuses_settings_it_cannot_change(synth_root, tmp_path):
         train("attention-unet", synth_root, Config(img_size=32, bs=4, epochs=2, lr="3e-3", runs_dir="runs"),
               name="i", features=(4, 8), cbs=[InterruptAfter(1)])
     one_line_exit_2(cli("train", "attention-unet", "--resume", "i", "--epochs", "5", "--lr", "1e-2"),
-                    "--epochs, --lr", "own settings")
+                    "--epochs 5 (the run has 2)", "--lr 1e-2 (the run has 3e-3)", "own settings")
 
 
 def test_training_checks_its_data_before_the_first_batch(synth_copy, tmp_path):
@@ -181,7 +181,7 @@ def test_predict_goes_on_past_bad_lung_masks(synth_root, tmp_path, fake_run):
     assert result.exit_code == 1, result.output
     assert images[0].name in result.stderr and images[1].name in result.stderr and "2 lung masks" in result.stderr
     table = pd.read_csv(tmp_path / "p" / "predictions.csv")
-    assert len(table) == 3 and table.infection_pct_lung.isna().sum() == 2  # every mask written; % of lung where it could be
+    assert len(table) == 3 and table.infection_pct_of_lung.isna().sum() == 2  # every mask written; % of lung where it could be
     one_line_exit_2(cli("predict", "everywhere", *images, "--out", "p2", "--lung-masks", tmp_path / "nowhere"),
                     "nowhere", "not a folder")
 

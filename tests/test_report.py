@@ -14,8 +14,10 @@ runner = CliRunner()
 def test_report_links_only_existing_files(synth_root, tmp_path, monkeypatch, fake_run):
     monkeypatch.chdir(tmp_path)
     run = fake_run(tmp_path, synth_root, "everywhere", infection=True)
-    pd.DataFrame([[1, 1.0, 0.2, 0.9, 0.3, 0.5, 0.4, 1e-3, 3.0, 0.6, 0.7], [2, 0.8, 0.3, 0.8, 0.4, 0.6, 0.5, 1e-5, 3.0, 0.7, 0.8]],
-                 columns=HISTORY_COLUMNS).to_csv(run / "history.csv", index=False)
+    pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.8], "valid_loss": [0.9, 0.8], "train_dice": [0.2, 0.3],
+                  "valid_dice_covid": [0.3, 0.4], "valid_dice_noncovid": [0.5, 0.6], "valid_dice_normal": [0.6, 0.7],
+                  "valid_dice_mean": [0.4, 0.5], "valid_auc": [0.7, 0.8], "valid_dice_lung": [float("nan")] * 2,
+                  "lr": [1e-3, 1e-5], "seconds": [3.0, 3.0]})[HISTORY_COLUMNS].to_csv(run / "history.csv", index=False)
     result = runner.invoke(app, ["report", "everywhere", "--split", "Test"])
     assert result.exit_code == 0, result.output
     page = run / "report" / "index.html"
@@ -37,7 +39,7 @@ def test_report_links_only_existing_files(synth_root, tmp_path, monkeypatch, fak
 
 
 def test_cells_are_formatted_for_reading():
-    from covfast.report import _cell
+    from covfast.pages import _cell
     assert _cell(16.0, "n") == "16" and _cell(float("nan"), "dice") == "–" and _cell(None, "x") == "–"
     assert _cell(0.00001234, "lr") == "1.2e-05" and _cell(0.73114, "dice") == "0.731" and _cell(3, "tp") == "3"
 
@@ -46,11 +48,12 @@ def test_attention_unet_triptychs_add_the_finest_gates_map(synth_root, tmp_path,
     "An Attention U-Net's case figures get a fourth column, its finest attention map; other models keep three."
     from PIL import Image
 
+    from covfast.cases import infer_cases, report_case
+    from covfast.figures import case_figure
     from covfast.inference import load_run
-    from covfast.report import infer_cases, triptych_figure
 
     run = fake_run(tmp_path, synth_root, "everywhere", infection=True)
-    learn, _, _ = load_run(run)
+    learn, _ = load_run(run)
     images = sorted((synth_root / "Infection Segmentation Data" / "Test" / "COVID-19" / "images").iterdir())[:2]
     rows = pd.DataFrame({"image": [str(p) for p in images], "file": [p.name for p in images],
                          "class": "COVID-19", "dice": 0.5})
@@ -60,8 +63,8 @@ def test_attention_unet_triptychs_add_the_finest_gates_map(synth_root, tmp_path,
         # the finest gate's map is at the model's input resolution (32 px), with values in [0, 1]
         assert e["attention"].shape == (32, 32) and 0 <= e["attention"].min() <= e["attention"].max() <= 1
         assert e["pred"].shape == e["gray"].shape == e["truth"].shape
-    with_map = Image.open(triptych_figure(entries, tmp_path / "four.png", "t"))
-    without = Image.open(triptych_figure([{k: v for k, v in e.items() if k != "attention"} for e in entries],
-                                         tmp_path / "three.png", "t"))
+    with_map = Image.open(case_figure([report_case(e) for e in entries], tmp_path / "four.png", "t"))
+    without = Image.open(case_figure([report_case({k: v for k, v in e.items() if k != "attention"}) for e in entries],
+                                     tmp_path / "three.png", "t"))
     # 3 inches per column at 90 dpi: 4 columns against 3
     assert with_map.size == (4 * 270, 2 * 270) and without.size == (3 * 270, 2 * 270)

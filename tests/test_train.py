@@ -12,8 +12,9 @@ from covfast.cli import app
 from covfast.config import Config
 from covfast.errors import CovfastError
 from covfast.runs import HISTORY_COLUMNS, load_weights, read_json
-from covfast.learner import learner_for_config
-from covfast.train import train
+from covfast.learner import learner_for_spec
+from covfast.spec import RunSpec
+from tests.helpers import train
 
 runner = CliRunner()
 RUN_FILES = {"config.json", "history.csv", "model.pth"}
@@ -194,8 +195,9 @@ def test_no_augment_trains_on_plain_batches_and_is_recorded(synth_root, tmp_path
     cfg = read_json(tmp_path / "runs" / "plain" / "config.json")
     assert cfg["augment"] is False
     # the learner rebuilt from config.json (as --resume does) has no augmentation in its training batches
-    learn, _ = learner_for_config(cfg, pretrained=False, warn=False)
+    spec = RunSpec.from_json(cfg)
+    learn, _ = learner_for_spec(spec, pretrained=False, warn=False)
     names = [type(t).__name__ for t in learn.dls.train.after_batch.fs]
     assert "Affine" not in " ".join(names) and "Brightness" not in names and "Normalize" in names
-    augmented, _ = learner_for_config({**cfg, "augment": True}, pretrained=False, warn=False)
+    augmented, _ = learner_for_spec(spec.replace(augment=True), pretrained=False, warn=False)
     assert len(augmented.dls.train.after_batch.fs) > len(learn.dls.train.after_batch.fs)

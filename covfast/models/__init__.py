@@ -6,9 +6,9 @@ from torch import nn
 
 from ..errors import CovfastError
 from .attention_unet import DEFAULT_FEATURES, AttentionGate, AttentionUNet
-from .image_head import DynamicUnetWithImageHead, ImageHead, with_image_logit
+from .image_head import ImageHead, UnetOutputs
 
-__all__ = ["AttentionUNet", "AttentionGate", "DEFAULT_FEATURES", "ImageHead", "with_image_logit", "DynamicUnetWithImageHead", "RESNETS", "check_arch", "arch_slug",
+__all__ = ["AttentionUNet", "AttentionGate", "DEFAULT_FEATURES", "ImageHead", "UnetOutputs", "RESNETS", "check_arch", "arch_slug",
            "timm_encoder"]
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .image_head import ImageHead, with_image_logit
+from ..outputs import ModelOutput, model_output
+from .image_head import ImageHead
 
 __all__ = ["ConvBlock", "UpConv", "AttentionGate", "AttentionUNet", "DEFAULT_FEATURES"]
 
@@ -54,15 +55,17 @@ class AttentionGate(nn.Module):
 
 
 class AttentionUNet(nn.Module):
-    """Encoder of conv blocks, attention-gated skips, decoder on the gated features, 1x1 head with `n_out` logits;
-    with `image_head`, one more output channel holds the image-level logit (`with_image_logit`)."""
+    """Encoder of conv blocks, attention-gated skips, decoder on the gated features, 1x1 head with `n_out` logits
+    (the `infection` output); with `image_head`, the image-level logit of an `ImageHead` on the bottleneck (`covid`);
+    with `lung_head`, a second 1x1 head on the same decoder features with (background, lung) logits (`lung`)."""
 
     def __init__(
         self,
         in_channels: int = 3,  # X-rays are read as 3-channel images
         n_out: int = 2,  # logits: background, infection
         features: tuple[int, ...] = DEFAULT_FEATURES,  # channel widths per level, finest first; depth = len(features)
-        image_head: bool = False,  # add the image-level logit (on the bottleneck) as output channel n_out
+        image_head: bool = False,  # add the image-level logit (on the bottleneck) as the `covid` output
+        lung_head: bool = False,  # add (background, lung) logits from the last decoder block as the `lung` output
     ):
         super().__init__()
         if len(features) < 2 or any(f < 1 for f in features):
@@ -77,14 +80,15 @@ class AttentionUNet(nn.Module):
         self.decoder = nn.ModuleList([ConvBlock(2 * b, b) for b in deep[1:]])
         self.head = nn.Conv2d(features[0], n_out, 1)
         self.image_head = ImageHead(features[-1]) if image_head else None
+        self.lung_head = nn.Conv2d(features[0], 2, 1) if lung_head else None
 
     @property
     def multiple(self) -> int:
         "Input sides are padded to a multiple of this."
         return 2 ** (len(self.features) - 1)
 
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        "Logits (B, n_out (+1 with the image head), H, W) and every gate's attention map (B, 1, h, w) at its (padded) skip's size, coarsest first."
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[ModelOutput, list[torch.Tensor]]:
+        "The outputs (`infection`: logits (B, n_out, H, W); `covid`: (B,) with the image head) and every gate's attention map (B, 1, h, w) at its (padded) skip's size, coarsest first."
         h, w = x.shape[-2:]
         m = self.multiple
         pad_h, pad_w = (-h) % m, (-w) % m
@@ -101,10 +105,8 @@ class AttentionUNet(nn.Module):
             gated, alpha = gate(g, skip)
             maps.append(alpha)
             x = block(torch.cat([gated, g], dim=1))
-        out = self.head(x)[..., :h, :w]
-        if image_logit is not None:
-            out = with_image_logit(out, image_logit)
-        return out, maps
+        lung = self.lung_head(x)[..., :h, :w] if self.lung_head is not None else None
+        return model_output(infection=self.head(x)[..., :h, :w], covid=image_logit, lung=lung), maps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> ModelOutput:
         return self.forward_with_attention(x)[0]

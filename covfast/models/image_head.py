@@ -1,10 +1,9 @@
-"""The image-level head: one logit per X-ray, "this image has COVID-19 infection", beside the segmentation.
+"""The image-level head, and fastai's DynamicUnet returning covfast's named outputs.
 
 Whether an X-ray has COVID-19 infection at all is a decision about the whole image (other pneumonias'
 opacities look like COVID-19's pixel by pixel), so it gets its own head on the encoder's deepest
-features. Its logit rides along as one more output channel, constant over the image, so the model
-still returns one tensor and every fastai path (losses, `get_preds`, mixed precision, distributed
-gathering) carries it unchanged.
+features, as segmentation_models_pytorch's `aux_params` puts one: the model returns its segmentation
+and this logit side by side (`outputs.ModelOutput`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,9 @@ from fastai.callback.hook import num_features_model
 from fastai.vision.models.unet import DynamicUnet
 from torch import nn
 
-__all__ = ["ImageHead", "with_image_logit", "DynamicUnetWithImageHead"]
+from ..outputs import ModelOutput, model_output
+
+__all__ = ["ImageHead", "UnetOutputs"]
 
 
 class ImageHead(nn.Module):
@@ -34,32 +35,28 @@ class ImageHead(nn.Module):
             return self.fc(self.drop(pooled))[:, 0]
 
 
-def with_image_logit(seg: torch.Tensor, image_logit: torch.Tensor) -> torch.Tensor:
-    """Segmentation logits (B, 2, H, W) with the image logit (B,) as a third channel, constant over the image, in fp32.
+class UnetOutputs(nn.Module):
+    """fastai's `DynamicUnet` (run by its own forward) with covfast's named outputs: its segmentation logits
+    as `infection`; with `lungs`, the U-Net was built with two more output channels, (background, lung) logits
+    from the same last layer, returned as `lung`; with `image_head` the logit of an `ImageHead` on the
+    encoder's output (the deepest features), computed by a forward hook on the encoder as the U-Net runs."""
 
-    One tensor out, so everything fastai does with a model's output (losses, `get_preds`, mixed
-    precision, distributed gathering) carries the image-level decision along unchanged."""
-    plane = image_logit.float()[:, None, None, None].expand(-1, 1, *seg.shape[-2:])
-    return torch.cat([seg.float(), plane], dim=1)  # fp32 out, so the image logit keeps its precision
-
-
-class DynamicUnetWithImageHead(nn.Module):
-    "fastai's `DynamicUnet` with an `ImageHead` on its encoder's output (the deepest features)."
-
-    def __init__(self, unet: DynamicUnet):
+    def __init__(self, unet: DynamicUnet, image_head: bool = False, lungs: bool = False):
         super().__init__()
-        self.unet = unet
-        self.image_head = ImageHead(num_features_model(unet[0]))
+        self.unet, self.lungs = unet, lungs
+        self.image_head = ImageHead(num_features_model(unet[0])) if image_head else None
+        self._covid: torch.Tensor | None = None
+        if image_head:
+            unet[0].register_forward_hook(self._image_logit)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # DynamicUnet is a fastai SequentialEx: run its layers as it does (each may read the input
-        # through `.orig`), taking the encoder's output (layer 0) on the way
-        res, image_logit = x, None
-        for i, layer in enumerate(self.unet.layers):
-            res.orig = x
-            nres = layer(res)
-            res.orig, nres.orig = None, None  # no hanging references, as SequentialEx does
-            if i == 0:
-                image_logit = self.image_head(nres)
-            res = nres
-        return with_image_logit(res, image_logit)
+    def _image_logit(self, module: nn.Module, inputs, features: torch.Tensor) -> None:
+        # right after the encoder, before the decoder: the order in which the gradients of the encoder's output
+        # are summed stays that of training runs made before the model had named outputs (same weights, bit for bit)
+        self._covid = self.image_head(features)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        seg = self.unet(x)
+        covid, self._covid = self._covid, None  # no reference kept past the batch
+        if self.lungs:  # one 1x1 convolution made both: its first two channels are the infection's
+            return model_output(infection=seg[:, :2], covid=covid, lung=seg[:, 2:])
+        return model_output(infection=seg, covid=covid)

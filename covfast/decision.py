@@ -1,0 +1,165 @@
+"""The one decision: which pixels of which X-ray get outlined.
+
+Pixels: infection where the model's infection logit beats its background logit (ties to background).
+Images: a model with the image-level head outlines an image only when the head's probability is above
+the run's threshold (0.5 until `covfast calibrate` chooses one on Val); at or below it the mask is empty.
+Runs made before the head may instead carry the pixel-evidence gate (an image is outlined only when the
+mean infection margin of its `gate_topk` most confident pixels is above `gate_margin`). A model with the
+lung output may keep the infection inside its predicted lungs (`inside_lungs`). A `Decision`
+holds all of it; the loss's `decodes`, the training metrics, evaluate, calibrate, predict and report all
+call `Decision.apply`, and `Decision.load` reads it from a run's calibration.json.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CovfastError
+from .outputs import ModelOutput, as_output
+from .runs import read_json
+
+__all__ = ["CALIBRATION_FILE", "predicted_infection", "predicted_lung", "image_probability", "evidence_scores", "Decision",
+           "learner_decision"]
+
+# written by `covfast calibrate`, read by `Decision.load`
+CALIBRATION_FILE = "calibration.json"
+
+
+def predicted_infection(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Where the infection channel beats the background channel: argmax over the 2 channels with ties to
+    background, at a fraction of argmax's cost on CPU (argmax took 20 ms of a 1 s training batch at 128 px).
+    Works on logits and on their softmax alike (softmax keeps the order and the ties)."""
+    return logits.select(dim, 1) > logits.select(dim, 0)
+
+
+def predicted_lung(out: ModelOutput, size: tuple[int, int] | None = None, activated: bool = False) -> torch.Tensor | None:
+    """The lungs, (B, H, W) bool, where the lung output's lung channel beats its background channel (upsampled
+    bilinearly to `size` first); None for a model without the lung output. No decision empties them: every
+    X-ray has lungs."""
+    lung = as_output(out).get("lung")
+    if lung is None:
+        return None
+    lung = lung.float()
+    if size is not None and tuple(lung.shape[-2:]) != tuple(size):
+        lung = F.interpolate(lung, size=size, mode="bilinear", align_corners=False)
+    return predicted_infection(lung)
+
+
+def image_probability(out: ModelOutput | torch.Tensor, activated: bool = False) -> torch.Tensor | None:
+    """Per image, the head's probability of COVID-19 infection, (B,) fp32; None for a model without the head.
+    `activated`: `out` holds probabilities already (what `get_preds` returns)."""
+    logit = as_output(out).get("covid")
+    if logit is None:
+        return None
+    return logit.float() if activated else torch.sigmoid(logit.float())
+
+
+def evidence_scores(logits: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
+    "Per image, the mean infection margin (logit 1 - logit 0) of its `topk` share of most confident pixels."
+    margin = (logits[:, 1] - logits[:, 0]).flatten(1)
+    k = max(1, int(topk * margin.shape[1]))
+    return margin.topk(k, dim=1).values.mean(1)
+
+
+@dataclass(frozen=True)
+class Decision:
+    "The run's decision; see the module's docstring. Frozen: `calibrate` makes a new one."
+    threshold: float = 0.5  # image probability at or below which the mask is empty (models with the image head)
+    gate_topk: float = 0.0  # runs made before the head: the pixel-evidence gate's share of pixels; 0: no gate
+    gate_margin: float = 0.0  # the gate's evidence threshold
+    inside_lungs: bool = True  # drop predicted infection outside the predicted lungs (models with the lung output)
+    split: str | None = None  # the split it was calibrated on; None: not calibrated
+    data_root: str | None = None  # the data root of that split
+
+    def image_scores(self, out: ModelOutput | torch.Tensor, activated: bool = False) -> tuple[torch.Tensor | None, str]:
+        """Per image, the score a calibration thresholds and its kind: the head's probability ('image_probability'),
+        or for a run made before the head, its pixel evidence ('gate_margin'); (None, '') when it has neither."""
+        out = as_output(out)
+        prob = image_probability(out, activated)
+        if prob is not None:
+            return prob, "image_probability"
+        if self.gate_topk:
+            return self._evidence(out, activated), "gate_margin"
+        return None, ""
+
+    def _evidence(self, out: ModelOutput, activated: bool) -> torch.Tensor:
+        logits = out.infection.float()
+        if activated:  # log-probabilities differ from the logits by a constant per pixel: the same margins
+            logits = logits.clamp_min(torch.finfo(torch.float32).tiny).log()
+        return evidence_scores(logits, self.gate_topk)
+
+    def keep(self, out: ModelOutput | torch.Tensor, activated: bool = False) -> torch.Tensor | None:
+        "Per image, whether it may be outlined at all, (B,) bool; None when every image may."
+        out = as_output(out)
+        keep = None
+        prob = image_probability(out, activated)
+        if prob is not None:
+            keep = prob > self.threshold
+        if self.gate_topk:
+            gate = self._evidence(out, activated) > self.gate_margin
+            keep = gate if keep is None else keep & gate
+        return keep
+
+    def apply(self, out: ModelOutput | torch.Tensor, size: tuple[int, int] | None = None,
+              activated: bool = False) -> torch.Tensor:
+        """The infection masks, (B, H, W) bool: the pixel rule on images the decision keeps, empty on the others.
+        `size` (h, w): upsample the logits (bilinear) to it first, to score at a mask's own resolution."""
+        out = as_output(out)
+        logits = out.infection.float()
+        if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        masks = predicted_infection(logits)
+        if self.inside_lungs and out.has("lung"):
+            masks = masks & predicted_lung(out, tuple(masks.shape[-2:]))
+        keep = self.keep(out, activated)
+        return masks if keep is None else masks & keep[:, None, None]
+
+    def mask(self, out: ModelOutput, size: tuple[int, int]) -> np.ndarray:
+        "One image's infection mask (an output of batch 1) at `size` (h, w), as a boolean array."
+        return self.apply(out, size)[0].cpu().numpy()
+
+
+
+    @classmethod
+    def load(cls, run_dir: str | Path, gate_topk: float = 0.0) -> "Decision":
+        """A run's decision: calibration.json's threshold (checked: a finite probability, or a finite gate margin)
+        where `covfast calibrate` wrote one; 0.5 otherwise. `gate_topk`: the run's pixel-evidence gate (RunSpec)."""
+        path = Path(run_dir) / CALIBRATION_FILE
+        if not path.is_file():
+            return cls(gate_topk=gate_topk)
+        data = read_json(path)
+        fix = f"run `covfast calibrate {Path(run_dir).name} --force` to write it again"
+        if not isinstance(data, dict):
+            raise CovfastError(f"{path} holds {type(data).__name__}, not covfast's calibration; {fix}")
+        field = "threshold" if "threshold" in data else "gate_margin" if "gate_margin" in data else None
+        if field is None:
+            raise CovfastError(f"{path} holds no threshold; {fix}")
+        value = data[field]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (field == "threshold" and not 0 <= value <= 1):
+            what = "a probability between 0 and 1" if field == "threshold" else "a finite number"
+            raise CovfastError(f"{path}: {field} {value!r} is not {what}; {fix}")
+        split, root = data.get("split"), data.get("data_root")
+        if not isinstance(split, str) or not isinstance(root, str):
+            raise CovfastError(f"{path} does not say which split and data root it was calibrated on; {fix}")
+        inside = data.get("inside_lungs", cls.inside_lungs)
+        if not isinstance(inside, bool):
+            raise CovfastError(f"{path}: inside_lungs {inside!r} is not true or false; {fix}")
+        return cls(gate_topk=gate_topk, split=split, data_root=root, inside_lungs=inside, **{field: float(value)})
+
+    def describe(self) -> dict[str, Any]:
+        "What evaluation results depend on (recorded in summary.json)."
+        return {"threshold": self.threshold, "gate_topk": self.gate_topk, "gate_margin": self.gate_margin,
+                "inside_lungs": self.inside_lungs}
+
+
+def learner_decision(learn) -> Decision:
+    "The learner's decision (its loss function holds it, for `decodes`); the default one for a learner without."
+    return getattr(learn.loss_func, "decision", None) or Decision()

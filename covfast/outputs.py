@@ -1,0 +1,93 @@
+"""A model's named outputs: the infection logits, the image-level COVID-19 logit, the lung logits.
+
+Every covfast model returns a `ModelOutput`, and the loss, the metrics, the decision and inference read
+its fields by name (`out.infection`, `out.get("covid")`), so a new output is one more name here and one
+more field a model fills in. It is a tuple, so everything fastai does with a model's output
+(concatenation in `get_preds`, `to_float` under mixed precision, `to_detach`, reordering, distributed
+gathering) rebuilds it as `type(out)(items)`, which keeps the names.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, Iterable
+
+import torch
+
+__all__ = ["OUTPUT_NAMES", "ModelOutput", "model_output", "as_output"]
+
+# Every output a covfast model may return, in the order it returns them:
+# infection: (B, 2, H, W) logits, background and infection; covid: (B,) the image-level logit, "this X-ray
+# has COVID-19 infection"; lung: (B, 2, H, W) logits, background and lung; attention: (B, 1, h, w) the
+# Attention U-Net's finest gate (inference only, when asked for).
+OUTPUT_NAMES: tuple[str, ...] = ("infection", "covid", "lung", "attention")
+
+
+class ModelOutput(tuple):
+    "A tuple of tensors with names (`names`, set per subclass by `model_output`), read as attributes."
+    __slots__ = ()
+    names: tuple[str, ...] = ()
+    # fastcore reads a tuple's `ndim`: `detuplify` unwraps one holding one item when it is 1 (a model with the
+    # infection output alone must stay a ModelOutput through `get_preds`), and `is_coll` wants it truthy
+    ndim = -1
+
+    def __new__(cls, items: Iterable[torch.Tensor] = ()):
+        items = tuple(items)
+        if len(items) != len(cls.names):
+            raise ValueError(f"{cls.__name__} holds {', '.join(cls.names)}; got {len(items)} items")
+        return super().__new__(cls, items)
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        names = type(self).names
+        if name in names:
+            return self[names.index(name)]
+        raise AttributeError(f"the model has no {name!r} output (it has {', '.join(names)})")
+
+    def get(self, name: str, default=None):
+        "The output `name`, or `default` when the model does not have it."
+        names = type(self).names
+        return self[names.index(name)] if name in names else default
+
+    def has(self, name: str) -> bool:
+        return name in type(self).names
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ModelOutput":
+        "The same outputs, each passed through `fn` (e.g. `lambda t: t[i:i + 1]` for image i)."
+        return type(self)(fn(t) for t in self)
+
+    def replace(self, **outputs: torch.Tensor | None) -> "ModelOutput":
+        "A copy with `outputs` set (None removes one)."
+        return model_output(**{**self.asdict(), **outputs})
+
+    def asdict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(type(self).names, self))
+
+    def __reduce__(self):
+        return model_output_from, (type(self).names, tuple(self))
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{n}={tuple(t.shape)}" for n, t in zip(type(self).names, self))
+        return f"ModelOutput({shapes})"
+
+
+@lru_cache(maxsize=None)
+def _output_type(names: tuple[str, ...]) -> type[ModelOutput]:
+    return type("ModelOutput", (ModelOutput,), {"__slots__": (), "names": names})
+
+
+def model_output_from(names: tuple[str, ...], items: Iterable[torch.Tensor]) -> ModelOutput:
+    return _output_type(tuple(names))(items)
+
+
+def model_output(**outputs: torch.Tensor | None) -> ModelOutput:
+    "A `ModelOutput` of the given outputs (None ones left out), in `OUTPUT_NAMES` order."
+    unknown = set(outputs) - set(OUTPUT_NAMES)
+    if unknown:
+        raise ValueError(f"unknown model output {sorted(unknown)[0]!r}; known: {', '.join(OUTPUT_NAMES)}")
+    names = tuple(n for n in OUTPUT_NAMES if outputs.get(n) is not None)
+    return model_output_from(names, (outputs[n] for n in names))
+
+
+def as_output(x: torch.Tensor | ModelOutput) -> ModelOutput:
+    "A model output as a `ModelOutput`; a bare tensor is the infection logits (a plain segmentation model)."
+    return x if isinstance(x, ModelOutput) else model_output(infection=x)
