@@ -11,6 +11,7 @@ than this. Beside it, on the same images:
 - test-time augmentation with a horizontal flip (mean of the two probabilities): chest X-rays are not
   mirror-symmetric, which is why training does not flip them; does prediction gain from it anyway?
 - the prediction kept inside the *true* lung mask: what a perfect lung segmentation could add at most;
+- for a model with the lung output, the prediction kept inside its own predicted lungs;
 - the truth itself taken down to the model's input size and back up: the Dice the input resolution
   allows;
 - Dice by quartile of lesion size (infection pixels / image pixels).
@@ -60,23 +61,25 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(dice_from_counts(tp, fp, fn))
 
 
-def infection_probabilities(learn, items: pd.DataFrame) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def infection_probabilities(learn, items: pd.DataFrame) -> tuple[list[torch.Tensor], list[torch.Tensor], list]:
     """Per image, the infection probability at the model's resolution, no decision: plain, and the mean of the
-    image's and its mirror image's (horizontal-flip TTA)."""
-    probability = lambda out: F.softmax(out.infection[0], 0)[1]  # noqa: E731
-    plain = [probability(out) for _, out, _ in iter_outputs(learn, items)]
+    image's and its mirror image's (horizontal-flip TTA); and the lung probability (None without the lung output)."""
+    probability = lambda out, name="infection": F.softmax(out.get(name)[0], 0)[1]  # noqa: E731
+    outputs = [out for _, out, _ in iter_outputs(learn, items)]
+    plain = [probability(out) for out in outputs]
+    lungs = [probability(out, "lung") if out.has("lung") else None for out in outputs]
     model, learn.model = learn.model, Mirrored(learn.model)
     try:
         mirrored = [probability(out) for _, out, _ in iter_outputs(learn, items)]
     finally:
         learn.model = model
-    return plain, [(p + m) / 2 for p, m in zip(plain, mirrored)]
+    return plain, [(p + m) / 2 for p, m in zip(plain, mirrored)], lungs
 
 
 def ceiling(run: str, split: str, data: str | None) -> pd.DataFrame:
     learn, loaded = load_run(run, device="cpu")
     items = split_items(data or loaded.spec.data_root, split, ("COVID-19",))
-    plain, flipped = infection_probabilities(learn, items)
+    plain, flipped, lungs = infection_probabilities(learn, items)
     rows = []
     for i, item in items.iterrows():
         truth = read_mask(item.infection_mask).astype(bool)
@@ -88,6 +91,8 @@ def ceiling(run: str, split: str, data: str | None) -> pd.DataFrame:
         row.update({f"dice_pixel_{t}": dice(prob > t, truth) for t in THRESHOLDS})
         row.update({f"dice_hflip_tta_{t}": dice(prob_tta > t, truth) for t in THRESHOLDS})
         row["dice_in_true_lung"] = dice((prob > 0.5) & lung, truth)
+        if lungs[i] is not None:
+            row["dice_in_pred_lung"] = dice((prob > 0.5) & (up(lungs[i]) > 0.5), truth)
         row["dice_truth_round_trip"] = dice(up(torch.from_numpy(small.astype(np.float32))) > 0.5, truth)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -111,6 +116,8 @@ def main() -> None:
         print(f"  infection probability > {t}: {cut(table[f'dice_pixel_{t}'].mean())}{note};"
               f" with horizontal-flip TTA: {cut(table[f'dice_hflip_tta_{t}'].mean())}")
     print(f"  argmax kept inside the true lung mask: {cut(table.dice_in_true_lung.mean())}")
+    if "dice_in_pred_lung" in table:
+        print(f"  argmax kept inside the model's own predicted lungs: {cut(table.dice_in_pred_lung.mean())}")
     print(f"  the truth at the model's input size and back: {cut(table.dice_truth_round_trip.mean())}")
     quartile = pd.qcut(table.lesion_share, 4)
     for band, group in table.groupby(quartile, observed=True):

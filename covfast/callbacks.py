@@ -16,6 +16,7 @@ from fastai.callback.tracker import TrackerCallback
 from fastai.learner import Learner
 
 from . import distributed
+from .metrics import MODEL_CHOICE
 from .runs import HISTORY_COLUMNS, atomic_save, finite_weights, plain, read_history, write_history
 
 __all__ = ["RunDiverged", "random_states", "restore_random_states", "RunDirCallback"]
@@ -61,8 +62,9 @@ def restore_random_states(learn: Learner, states: dict[str, Any]) -> None:
 
 
 class RunDirCallback(TrackerCallback):
-    """After each completed epoch: model.pth when the monitored value (valid mean Dice) beats the best so
-    far, then checkpoint.pth, then the history.csv row, each written atomically.
+    """After each completed epoch: model.pth when the monitored value (`metrics.MODEL_CHOICE`) beats the best so
+    far, then checkpoint.pth, then the history.csv row, each written atomically. The terminal's table numbers the
+    epochs from 1, as history.csv and the report do, and shows '–' for a figure that is not defined.
 
     The checkpoint carries what resume needs to continue bit for bit: weights, optimizer, epoch, the history
     rows so far and the random states; a kill at any instant leaves a run that resumes (history.csv is
@@ -72,12 +74,14 @@ class RunDirCallback(TrackerCallback):
     written, so model.pth keeps the last finite best weights.
     """
 
-    def __init__(self, run_dir: Path, epoch_offset: int = 0, monitor: str = "valid_dice_mean",
+    def __init__(self, run_dir: Path, epoch_offset: int = 0, monitor: str = MODEL_CHOICE,
                  smooth_loss: dict | None = None):
         super().__init__(monitor=monitor, comp=np.greater, reset_on_fit=False)
         self.run_dir, self.epoch_offset, self.smooth_loss = Path(run_dir), epoch_offset, smooth_loss
         self.history = read_history(run_dir)
-        self.best = self.history[monitor].max() if len(self.history) else -float("inf")
+        # a run resumed from before this figure was logged has none in its history: its next epoch starts afresh
+        best = self.history[monitor].max() if len(self.history) else float("nan")
+        self.best = best if best == best else -float("inf")
 
     def before_fit(self):
         super().before_fit()
@@ -89,6 +93,16 @@ class RunDirCallback(TrackerCallback):
 
     def before_epoch(self):
         self._t0, self._trained = time.time(), False
+        if not getattr(self.learn.logger, "covfast", False):  # once per fit, over the progress bar's writer
+            write = self.learn.logger
+
+            def logger(log):
+                if log and isinstance(log[0], int):  # a row of figures, not the header
+                    log = [log[0] + 1 + self.epoch_offset,
+                           *("–" if isinstance(v, float) and v != v else v for v in log[1:])]
+                write(log)
+            logger.covfast = True
+            self.learn.logger = logger
 
     def before_train(self):
         self._trained = True  # epochs skipped on resume never reach here

@@ -39,9 +39,13 @@ def infer_cases(learn, rows: pd.DataFrame) -> list[dict]:
 def report_case(entry: dict) -> dict:
     "An `infer_cases` entry as one row of `figures.case_figure`: titled with its class, Dice, loss and p(COVID-19)."
     row = entry["row"]
-    extra = "".join(f"  {label} {row[key]:.3f}" for key, label in (("loss", "loss"), ("p_covid", "p(COVID-19)"))
-                    if key in row and pd.notna(row[key]))
-    case = {"title": f"{row['file']}\n{row['label']}  Dice {row['dice']:.3f}{extra}", "gray": entry["gray"],
+    lines = [str(row["file"]), f"{row['label']} · Dice {row['dice']:.3f}"]
+    if "p_covid" in row and pd.notna(row["p_covid"]):
+        decided = "outlined" if entry["pred"].any() else "left empty"
+        lines.append(f"p(COVID-19) {row['p_covid']:.3f}: {decided}")
+    if "loss" in row and pd.notna(row["loss"]):
+        lines.append(f"loss {row['loss']:.3f}")
+    case = {"title": "\n".join(lines), "gray": entry["gray"],
             "truth": entry["truth"], "truth_lung": entry.get("truth_lung"),
             "preds": [("prediction", entry["pred"], entry.get("lung"))]}
     if "attention" in entry:

@@ -16,7 +16,7 @@ except ImportError:
 from typer.core import TyperGroup, TyperOption
 
 from . import __version__
-from .config import DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, load_config
+from .config import DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, Config, load_config
 from .errors import CovfastError, format_problems
 
 __all__ = ["app", "main"]
@@ -55,9 +55,20 @@ app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=Fal
 data_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Count and check a COVID-QU-Ex tree.")
 app.add_typer(data_app, name="data")
 
+def _defaults() -> Config:
+    "The run defaults in force where covfast runs (./settings.ini, COVFAST_*), for --help; the packaged ones if unreadable."
+    try:
+        return load_config()
+    except CovfastError:  # the command itself reports the bad setting
+        return Config()
+
+
+SET = _defaults()
+_FROM = "(settings.ini / COVFAST_{})"
+
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="Dataset root: the folder holding 'Infection Segmentation Data', that folder, "
-                   "or a train/val/test tree. Default: data_path from settings.ini / COVFAST_DATA_PATH.",
+                   f"or a train/val/test tree. Default: {SET.data_path} {_FROM.format('DATA_PATH')}.",
     show_default=False)]
 
 
@@ -139,21 +150,23 @@ def synth(
 ArchArg = Annotated[str, typer.Argument(
     help="Model: attention-unet, resnet34 (DynamicUnet on ResNet34; also resnet18/50/101) or timm/NAME "
          "(a timm CNN encoder, e.g. timm/efficientnet_b0).", show_default=False)]
-SizeOpt = Annotated[Optional[int], typer.Option("--size", min=16, help="Image side the items are resized to. Default: img_size.", show_default=False)]
-BsOpt = Annotated[Optional[int], typer.Option("--bs", min=1, help="Batch size. Default: bs.", show_default=False)]
+SizeOpt = Annotated[Optional[int], typer.Option("--size", min=16, help=f"Image side the items are resized to. Default: {SET.img_size} {_FROM.format('IMG_SIZE')}.", show_default=False)]
+BsOpt = Annotated[Optional[int], typer.Option("--bs", min=1, help=f"Batch size. Default: {SET.bs} {_FROM.format('BS')}.", show_default=False)]
 ClassesOpt = Annotated[Optional[str], typer.Option(
     "--classes", help="Classes to train on: 'all' (COVID-19, Non-COVID, Normal) or a comma-separated subset, e.g. "
-                      "COVID-19,Non-COVID for the reference study's setting. Default: classes (all).",
+                      f"COVID-19,Non-COVID for the reference study's setting. Default: {', '.join(SET.classes)} "
+                      f"{_FROM.format('CLASSES')}.",
     show_default=False)]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed. Default: seed.", show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help=f"Random seed. Default: {SET.seed} {_FROM.format('SEED')}.", show_default=False)]
 DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", help="cpu or cuda. Default: cuda when PyTorch sees a GPU, else cpu.", show_default=False)]
 PrecisionOpt = Annotated[Optional[str], typer.Option(
     "--precision", help="auto, fp32 or bf16. auto: bf16 autocast + channels_last where the CPU runs bf16 natively "
-                        "(AVX512-BF16/AMX) or the GPU supports it (fp16 on older GPUs), else fp32. Default: precision.",
+                        f"(AVX512-BF16/AMX) or the GPU supports it (fp16 on older GPUs), else fp32. Default: {SET.precision} "
+                        f"{_FROM.format('PRECISION')}.",
     show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", min=0, help="DataLoader worker processes. Default: num_workers (0 on CPU; up to 8 on CUDA).", show_default=False)]
+    "--workers", min=0, help=f"DataLoader worker processes. Default: {SET.num_workers} {_FROM.format('NUM_WORKERS')}; on CUDA 0 means up to 8.", show_default=False)]
 
 
 ClsWeightOpt = Annotated[Optional[float], typer.Option(
@@ -193,8 +206,8 @@ def _precision_flag(precision: str | None, fp16: bool | None) -> str | None:
 def train_cmd(
     arch: ArchArg,
     data: DataOpt = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs of the one-cycle schedule. Default: epochs (30).", show_default=False)] = None,
-    lr: Annotated[Optional[str], typer.Option("--lr", help="Peak learning rate, or 'auto' to run lr_find and take its valley. Default: lr.", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help=f"Epochs of the one-cycle schedule. Default: {SET.epochs} {_FROM.format('EPOCHS')}.", show_default=False)] = None,
+    lr: Annotated[Optional[str], typer.Option("--lr", help=f"Peak learning rate, or 'auto' to run lr_find and take its valley. Default: {SET.lr} {_FROM.format('LR')}.", show_default=False)] = None,
     bs: BsOpt = None,
     size: SizeOpt = None,
     classes: ClassesOpt = None,
@@ -215,9 +228,8 @@ def train_cmd(
 ) -> None:
     """Train a model with fastai's one-cycle schedule into a run directory (Ctrl-C keeps the last epoch's checkpoint)."""
     from . import distributed
-    from .runs import read_history
     from .spec import RunSpec
-    from .train import TrainingInterrupted, resume as resume_run, train
+    from .train import TrainingInterrupted, resume as resume_run, train, training_summary
 
     settings = load_config(num_workers=workers)
     flags = dict(data_root=data, img_size=size, bs=bs, epochs=epochs, lr=lr, classes=classes, seed=seed,
@@ -241,10 +253,7 @@ def train_cmd(
     except KeyboardInterrupt:
         raise typer.Exit(130)
     if distributed.is_main():
-        history = read_history(run_dir)
-        best = history.loc[history.valid_dice_mean.idxmax()]
-        typer.echo(f"Done: {run_dir} (best valid mean Dice {best.valid_dice_mean:.4f} at epoch {int(best.epoch)}; "
-                   f"model.pth holds those weights)")
+        typer.echo(training_summary(run_dir))
 
 
 @app.command("lr-find")
@@ -258,7 +267,7 @@ def lr_find_cmd(
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for lr_find.png and lr_find.csv. Default: runs_dir/lr-find-<arch>-<time>.", show_default=False)] = None,
-    num_it: Annotated[int, typer.Option("--num-it", min=20, help="Mini-batches to try, from 1e-7 up.")] = 100,
+    num_it: Annotated[Optional[int], typer.Option("--num-it", min=10, help="Mini-batches to try, from 1e-7 up. Default: two epochs of the training set, at most 100.", show_default=False)] = None,
     precision: PrecisionOpt = None,
     workers: WorkersOpt = None,
     cls_weight: ClsWeightOpt = None,
@@ -275,11 +284,14 @@ def lr_find_cmd(
     spec = RunSpec.from_flags(arch, settings, data_root=data, img_size=size, bs=bs, classes=classes, seed=seed,
                               precision=precision, pretrained=pretrained, features=features, dice_weight=dice_weight,
                               cls_weight=cls_weight, lung_weight=lung_weight, augment=augment)
-    values, path = find_lr(spec, out, settings.runs_dir, device=device, num_workers=settings.num_workers, num_it=num_it)
+    values, path, doubt = find_lr(spec, out, settings.runs_dir, device=device, num_workers=settings.num_workers,
+                                  num_it=num_it)
     typer.echo("\nlr_find suggestions:")  # on a new line: lr_find can stop with its progress bar's line open
     for key, value in values.items():
         typer.echo(f"{key:>8}: {value:.2e}" if value == value else f"{key:>8}: n/a (curve too short; raise --num-it)")
-    typer.echo(f"plot: {path}")
+    if doubt:
+        typer.echo(f"covfast: warning: {doubt}")
+    typer.echo(f"plot (the suggestions marked): {path}")
 
 
 AllowCalibrationOpt = Annotated[bool, typer.Option(
@@ -375,13 +387,13 @@ def predict_cmd(
     precision: PrecisionOpt = None,
 ) -> None:
     """Outline infection and lungs in new X-rays: 0/255 masks, an overlay per image (infection red, lungs outlined in cyan), and predictions.csv with infection % of lung and its severity band."""
-    from .predict import predict
+    from .predict import predict, prediction_summary
 
     config = load_config(bs=bs, precision=precision)
     report = lambda failure: typer.echo(f"covfast: error: {failure}", err=True)  # noqa: E731
     table, failures, folder = predict(run, paths, out, lung_masks, config, device=device,
                                       progress=_progress("Predicting"), on_error=report, say=typer.echo)
-    typer.echo(f"Wrote {len(table)} masks and overlays, and predictions.csv, to {folder}")
+    typer.echo(prediction_summary(table, failures, folder))
     unread = sum(f.kind == "image" for f in failures)
     lung = sum(f.kind == "lung_mask" for f in failures)
     if unread:

@@ -16,7 +16,7 @@ from .evaluate import evaluated
 from .figures import case_figure
 from .inference import load_run
 from .metrics import bootstrap_ci
-from .pages import html_page, html_table, synthetic_banner
+from .pages import COLUMNS, html_page, html_table, metrics_link, synthetic_banner
 from .runs import read_run, resolve_run
 from .synth import is_synthetic
 
@@ -70,6 +70,7 @@ def compare(
     # on the page: one row per class and metric, one column per run, so the runs read side by side
     side_by_side = pd.concat({n: s.set_index("group")[["n", *cols]].stack() for n, (_, s) in zip(names, results)}, axis=1)
     side_by_side = side_by_side.rename_axis(["group", "metric"]).reset_index()
+    side_by_side["metric"] = [COLUMNS.get(m, (m,))[0] for m in side_by_side.metric]
     counts = side_by_side.metric == "n"  # image counts print as integers, whatever column they share
     side_by_side[names] = side_by_side[names].astype(object)
     side_by_side.loc[counts, names] = side_by_side.loc[counts, names].map(int)
@@ -82,18 +83,19 @@ def compare(
         dice[n] = dice.image.map(per.set_index("image").dice)
     rows = compare_picks(dice, names)
     through = [infer_cases(load_run(d, config.runs_dir, device, precision=config.precision)[0], rows) for d in dirs]
-    cases = [{"title": f"{first['row']['file']} ({first['row']['label']})", "gray": first["gray"], "truth": first["truth"],
+    cases = [{"title": f"{first['row']['file']}\n{first['row']['label']}", "gray": first["gray"], "truth": first["truth"],
               "truth_lung": first["truth_lung"],
               "preds": [(f"{n}\nDice {rows.iloc[r][n]:.3f}", entries[r]["pred"], entries[r]["lung"])
                         for n, entries in zip(names, through)]}
              for r, first in enumerate(through[0])]
     case_figure(cases, out / "grid.png", "The same images through every model")
     sections = [("Runs", "<ul>" + "".join(_run_item(n, d, out) for n, d in zip(names, dirs)) + "</ul>"),
-                (f"Metrics on {split}", html_table(side_by_side)),
+                (f"Metrics on {split}", html_table(side_by_side, other="this run's value of the figure")),
                 (f"Paired per-image Dice difference (b - a, a = {names[0]})", html_table(paired)),
                 ("The same images through every model", "<img src='grid.png' alt='comparison grid'>")]
     synthetic = any(is_synthetic(read_run(d)[0].data_root) for d in dirs)
-    (out / "index.html").write_text(html_page(f"covfast comparison ({split})", sections, synthetic_banner(synthetic)))
+    (out / "index.html").write_text(html_page(f"covfast comparison ({split})", sections, synthetic_banner(synthetic),
+                                              metrics_link(out)))
     return out / "index.html"
 
 

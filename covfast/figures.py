@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -10,7 +11,7 @@ import pandas as pd
 
 from .metrics import roc_auc, roc_curve
 
-__all__ = ["LUNG_RGB", "overlay", "plot_history", "plot_cases", "case_figure", "roc_figure", "severity_figure"]
+__all__ = ["LUNG_RGB", "overlay", "captioned", "plot_history", "plot_cases", "case_figure", "roc_figure", "severity_figure"]
 
 
 # the lungs' outline on overlays: cyan, apart from the infection's red
@@ -37,6 +38,25 @@ def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.5, lung: np.nda
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
+def captioned(rgb: np.ndarray, text: str) -> np.ndarray:
+    "An RGB image with `text` in a dark band below it, wrapped to its width (PIL's own font, no font files)."
+    from PIL import Image, ImageDraw, ImageFont
+
+    width = rgb.shape[1]
+    size = max(10, min(24, width // 28))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow before 10.1: one bitmap size
+        font = ImageFont.load_default()
+    per_line = max(8, int(width / (0.55 * size)))
+    lines = textwrap.wrap(text, per_line) or [""]
+    band = Image.new("RGB", (width, (size + 4) * len(lines) + 6), (20, 20, 20))
+    draw = ImageDraw.Draw(band)
+    for i, line in enumerate(lines):
+        draw.text((4, 3 + i * (size + 4)), line, fill=(235, 235, 235), font=font)
+    return np.concatenate([rgb, np.asarray(band)], axis=0)
+
+
 def _save(fig, path: Path, dpi: int = 100) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
@@ -48,15 +68,29 @@ def plot_history(history: pd.DataFrame, path: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.plot(history.epoch, history.train_loss, "o-", label="train loss")
     ax1.plot(history.epoch, history.valid_loss, "o-", label="valid loss")
-    ax1.set_xlabel("epoch"), ax1.set_title("Loss"), ax1.legend()
+    ax1.set_xlabel("epoch"), ax1.set_title("Loss"), ax1.legend(fontsize=8)
     for col, label in [("train_dice", "train Dice"), ("valid_dice_covid", "valid COVID-19 Dice"),
-                       ("valid_dice_noncovid", "valid Non-COVID Dice"), ("valid_dice_normal", "valid Normal Dice"),
-                       ("valid_dice_mean", "valid mean Dice"), ("valid_auc", "valid image-level AUC")]:
+                       ("valid_dice_noncovid", "valid Non-COVID left empty"), ("valid_dice_normal", "valid Normal left empty"),
+                       ("valid_dice_mean", "valid mean Dice"), ("valid_score", "valid score (picks model.pth)"),
+                       ("valid_auc", "valid image-level AUC"), ("valid_dice_lung", "valid lung Dice")]:
         if col in history and history[col].notna().any():
             ax2.plot(history.epoch, history[col], "o-", label=label)
-    ax2.set_ylim(0, 1), ax2.set_xlabel("epoch"), ax2.set_title("Per-image Dice and image-level AUC"), ax2.legend(fontsize=8)
+    ax2.set_ylim(0, 1), ax2.set_xlabel("epoch"), ax2.set_title("Validation figures per epoch")
+    ax2.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the curves, never over them
+    for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs 1, 2, 3 ... as history.csv counts them
     fig.tight_layout()
     return _save(fig, path)
+
+
+# characters of a panel title's line at font size 8 in a 3-inch panel (about 4.4 points a character): longer lines wrap
+_TITLE_CHARS = 40
+
+
+def _fitted(title: str, chars: int = _TITLE_CHARS) -> str:
+    "A panel title with each of its lines wrapped to `chars` characters, so it stays above its own panel."
+    return "\n".join(textwrap.fill(line, chars, break_long_words=True, break_on_hyphens=False) if line else line
+                     for line in title.split("\n"))
 
 
 def plot_cases(cases: list[dict], title: str = "", xray: bool = True, figsize: tuple[float, float] | None = None):
@@ -77,9 +111,10 @@ def plot_cases(cases: list[dict], title: str = "", xray: bool = True, figsize: t
         panels += [(name, overlay(gray, pred, alpha=0.6, lung=lung), {}) for name, pred, lung in case["preds"]]
         if "attention" in case:
             panels.append(("attention (finest gate)", case["attention"], {"cmap": "magma", "vmin": 0, "vmax": 1}))
+        width = max(12, int(_TITLE_CHARS * (fig.get_size_inches()[0] / cols) / 3))
         for ax, (name, image, kwargs) in zip(ax_row, panels):
             ax.imshow(image, **kwargs)
-            ax.set_title(name, fontsize=9 if xray else 8)
+            ax.set_title(_fitted(name, width), fontsize=8)
         for ax in ax_row:
             ax.axis("off")
     if title:

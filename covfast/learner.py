@@ -158,7 +158,8 @@ def covfast_learner(
     else:
         status = Pretrained(False, "--no-pretrained")
     stats = SegmentationStats()
-    common = dict(loss_func=SegLoss(spec, decision), opt_func=Adam, cbs=[stats], metrics=segmentation_metrics(stats))
+    common = dict(loss_func=SegLoss(spec, decision), opt_func=Adam, cbs=[stats],
+                  metrics=segmentation_metrics(stats, spec.image_head, spec.lungs))
     if spec.arch == "attention-unet":
         learn = CovfastLearner(dls, build_model(spec), **common)
     else:

@@ -28,7 +28,7 @@ from .decision import image_probability, learner_decision, predicted_lung
 
 __all__ = ["has_infection", "infected", "confusion_counts", "dice_from_counts", "iou_from_counts", "pooled_dice",
            "pooled_iou", "sensitivity", "specificity", "roc_auc", "roc_curve", "bootstrap_ci", "bootstrap_auc",
-           "infection_pct", "SEVERITY_BANDS", "severity_band", "NO_LUNGS", "severity_band_name", "severity_mae", "band_agreement", "SegmentationStats",
+           "infection_pct", "SEVERITY_BANDS", "severity_band", "NO_LUNGS", "severity_band_name", "model_choice_score", "MODEL_CHOICE", "severity_mae", "band_agreement", "SegmentationStats",
            "segmentation_metrics"]
 
 
@@ -256,6 +256,17 @@ class SegmentationStats(Callback):
             d = d[keep]
         return float(d.mean()) if len(d) else float("nan")
 
+    def empty_left(self) -> float:
+        "The share of the epoch's empty-truth validation images (Non-COVID, Normal) given an empty mask."
+        if not self.valid_counts:
+            return float("nan")
+        c = torch.cat(self.valid_counts)
+        return specificity((c[:, 0] + c[:, 1] == 0).numpy(), (c[:, 0] + c[:, 2] > 0).numpy())
+
+    def score(self) -> float:
+        "`model_choice_score` of the epoch's validation images: what picks the epoch whose weights become model.pth."
+        return model_choice_score(self.dice(label="COVID-19"), self.empty_left())
+
     def lung_dice(self) -> float:
         "Mean per-image Dice of the predicted lungs over the validation images (all classes); NaN without the lung output."
         if not self.valid_lungs:
@@ -275,13 +286,30 @@ class SegmentationStats(Callback):
         return roc_auc(probs.numpy(), (c[:, 0] + c[:, 2] > 0).numpy())
 
 
-def segmentation_metrics(stats: SegmentationStats) -> list[Metric]:
-    """train Dice, valid COVID/Non-COVID/Normal Dice, valid mean Dice (the reference's Tables II, III), the
-    image-level valid ROC AUC and the valid lung Dice, read from `stats`."""
+def model_choice_score(covid_dice: float, empty_left: float) -> float:
+    """The figure that picks model.pth: the harmonic mean of the COVID-19 Dice (with the decision) and the share of
+    empty-truth images left empty. Both must be good: a model that outlines nothing scores 0 (its COVID-19 Dice is
+    0), and so does one that outlines everything (it leaves no image empty); the mean of the class Dice would give
+    the first 0.667 on three classes. Without empty-truth images, the COVID-19 Dice alone."""
+    if empty_left != empty_left:
+        return covid_dice
+    return 0.0 if covid_dice + empty_left == 0 else 2 * covid_dice * empty_left / (covid_dice + empty_left)
+
+
+# the history column whose best epoch becomes model.pth
+MODEL_CHOICE = "valid_score"
+
+
+def segmentation_metrics(stats: SegmentationStats, image_head: bool = True, lungs: bool = False) -> list[Metric]:
+    """train Dice, valid COVID/Non-COVID/Normal Dice, valid mean Dice (the reference's Tables II, III), the model
+    choice's score, and where the model has them the image-level valid ROC AUC and the valid lung Dice, read
+    from `stats`."""
     return [ValueMetric(lambda: stats.dice(train=True), "train_dice"),
             ValueMetric(lambda: stats.dice(label="COVID-19"), "valid_dice_covid"),
             ValueMetric(lambda: stats.dice(label="Non-COVID"), "valid_dice_noncovid"),
             ValueMetric(lambda: stats.dice(label="Normal"), "valid_dice_normal"),
             ValueMetric(lambda: stats.dice(), "valid_dice_mean"),
-            ValueMetric(stats.auc, "valid_auc"),
-            ValueMetric(stats.lung_dice, "valid_dice_lung")]
+            ValueMetric(stats.empty_left, "valid_empty_left"),
+            ValueMetric(stats.score, MODEL_CHOICE),
+            *([ValueMetric(stats.auc, "valid_auc")] if image_head else []),
+            *([ValueMetric(stats.lung_dice, "valid_dice_lung")] if lungs else [])]

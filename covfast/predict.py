@@ -14,13 +14,16 @@ from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
 from .decision import image_probability, predicted_lung
-from .figures import overlay
+from .figures import captioned, overlay
 from .inference import iter_outputs, load_run
 from .metrics import infection_pct, severity_band_name
 
-__all__ = ["IMAGE_SUFFIXES", "COLUMNS", "collect_images", "PredictFailure", "predict"]
+__all__ = ["IMAGE_SUFFIXES", "COLUMNS", "CAPTION_NOTE", "collect_images", "PredictFailure", "predict", "caption",
+           "prediction_summary"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# the end of every overlay's caption
+CAPTION_NOTE = "research code, not a medical device"
 # predictions.csv's columns
 COLUMNS = ["file", "width", "height", "p_covid", "decision", "infected_pixels", "infection_pct_image", "lung_pixels",
            "infection_pct_of_lung", "severity_band", "lung_source", "mask", "lung_mask", "overlay"]
@@ -138,7 +141,8 @@ def predict(
                 if given is not None:
                     lung, source = given, "given"
             pct = infection_pct(mask, lung) if lung is not None else float("nan")
-            Image.fromarray(overlay(gray, mask, lung=lung)).save(out / "overlays" / f"{stem}.png")
+            Image.fromarray(captioned(overlay(gray, mask, lung=lung), caption(prob, decision.threshold, mask, pct))).save(
+                out / "overlays" / f"{stem}.png")
             rows.append({"file": str(f), "width": gray.shape[1], "height": gray.shape[0],
                          # the image head's probability and the run's decision on it (NaN / blank for runs without the head)
                          "p_covid": float(prob[0]) if prob is not None else float("nan"),
@@ -150,8 +154,25 @@ def predict(
                          "mask": f"masks/{stem}.png", "lung_mask": f"lungs/{stem}.png" if predicted is not None else "",
                          "overlay": f"overlays/{stem}.png"})
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table.to_csv(out / "predictions.csv", index=False)
+    # four decimals say all a probability or a percentage of these masks can (17 digits said noise)
+    table.round({"p_covid": 4, "infection_pct_image": 4, "infection_pct_of_lung": 4}).to_csv(out / "predictions.csv", index=False)
     return table, failures, out
+
+
+def caption(prob, threshold: float, mask: np.ndarray, pct: float) -> str:
+    "An overlay's caption: the decision and its probability, the outline's share of the lungs, and what it is not."
+    said = ("" if prob is None else
+            f"{'COVID-19 infection' if float(prob[0]) > threshold else 'no COVID-19 infection'} (p {float(prob[0]):.2f}) · ")
+    share = (f"{pct:.1f}% of lung · " if pct == pct else "")
+    return f"{said}{'outlined' if mask.any() else 'nothing outlined'} · {share}{CAPTION_NOTE}"
+
+
+def prediction_summary(table: pd.DataFrame, failures: list[PredictFailure], folder: Path) -> str:
+    "The line `covfast predict` ends with: X-rays outlined, left empty and failed, and where the files are."
+    unread = sum(f.kind == "image" for f in failures)
+    outlined = int((table.infected_pixels > 0).sum())
+    return (f"{len(table) + unread} X-rays: {outlined} outlined, {len(table) - outlined} left empty, {unread} could not "
+            f"be read. Masks, overlays and predictions.csv are in {folder}")
 
 
 def _given_lung(path: Path, shape: tuple[int, int], fail) -> np.ndarray | None:

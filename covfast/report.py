@@ -13,7 +13,7 @@ from .decision import learner_decision
 from .evaluate import band_confusion, confusion_table, evaluated, reference_table
 from .figures import case_figure, plot_history, roc_figure, severity_figure
 from .inference import load_run
-from .pages import html_page, html_table, synthetic_banner
+from .pages import html_page, html_table, metrics_link, plain_value, synthetic_banner
 from .runs import read_history
 from .synth import is_synthetic
 
@@ -39,11 +39,13 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
                 "threshold": decision.threshold, "gate_topk": spec.gate_topk, "gate_margin": decision.gate_margin,
                 "dice_weight": spec.dice_weight, "device": cfg.get("device"), "precision": cfg.get("precision"),
                 "data_root": spec.data_root, "status": cfg.get("status")}
-    sections.append(("Settings", html_table(pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]}))))
+    sections.append(("Settings", html_table(pd.DataFrame({"setting": list(settings),
+                                                          "value": [plain_value(v) for v in settings.values()]}))))
     history = read_history(run_dir)
     if len(history):
         plot_history(history, out / "history.png")
-        sections.append(("Training curves", "<img src='history.png' alt='training curves'>" + html_table(history)))
+        shown = history.dropna(axis=1, how="all")  # figures a run does not have (no image head, no lungs) stay out
+        sections.append(("Training curves", "<img src='history.png' alt='training curves'>" + html_table(shown)))
     if (run_dir / "lr_find.png").is_file():
         (out / "lr_find.png").write_bytes((run_dir / "lr_find.png").read_bytes())
         sections.append(("Learning-rate finder", "<img src='lr_find.png' alt='lr_find plot'>"))
@@ -52,7 +54,11 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
     synthetic = is_synthetic(spec.data_root)
     reference = ("<h3>Against the reference study</h3><p>Not comparable: synthetic data.</p>" if synthetic else
                  "<h3>Against the reference study</h3>" + html_table(reference_table(summary)))
-    sections.append((f"Evaluation on {split}", html_table(summary[cols]) + reference))
+    empty_classes = [g for g in summary.group if g not in ("COVID-19", "All")]
+    pooled = (f"<p class='note'>Pooled Dice adds up pixels over all a row's images. {' and '.join(empty_classes)} images "
+              f"have no infection pixels at all, so their pooled Dice is 0 as soon as any one of them is outlined, "
+              f"however many are left empty; their per-image Dice is the share left empty.</p>" if empty_classes else "")
+    sections.append((f"Evaluation on {split}", html_table(summary[cols]) + pooled + reference))
     if "p_covid" in per_image and per_image.p_covid.notna().all():
         threshold = decision.threshold
         roc_figure(per_image, threshold, out / "roc.png")
@@ -83,7 +89,7 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
                 "lung is measured with the dataset's lung masks.</p>")
     sections.append(("Lungs and severity: infection % of lung", note + html_table(summary[sev_cols])
                      + "<img src='severity.png' alt='severity scatter'><h3>Severity bands, true against predicted</h3>"
-                     + html_table(bands, index=True)))
+                     + html_table(bands, index=True, other="images whose predicted infection % of lung is in this band")))
     (out / "index.html").write_text(html_page(f"covfast report: {run_dir.name} ({split})", sections,
-                                              synthetic_banner(synthetic)))
+                                              synthetic_banner(synthetic), metrics_link(out)))
     return out / "index.html"

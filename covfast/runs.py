@@ -27,7 +27,7 @@ __all__ = ["HISTORY_COLUMNS", "versions", "RunLock", "new_run_dir", "read_run_co
            "write_history", "atomic_save", "plain", "load_weights"]
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "train_dice", "valid_dice_covid", "valid_dice_noncovid",
-                   "valid_dice_normal", "valid_dice_mean", "valid_auc", "valid_dice_lung", "lr", "seconds"]
+                   "valid_dice_normal", "valid_dice_mean", "valid_empty_left", "valid_score", "valid_auc", "valid_dice_lung", "lr", "seconds"]
 
 
 def versions() -> dict[str, str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 from fastai.callback.schedule import minimum, slide, steep, valley
@@ -22,6 +23,7 @@ from .config import parse_lr
 from .dataset import check_tree, resolve_root
 from .errors import CovfastError, format_problems
 from .learner import learner_for_spec, pick_device
+from .metrics import MODEL_CHOICE
 from .models import arch_slug
 from .precision import learner_precision
 from .runs import (RunLock, load_model_weights, load_weights, new_run_dir, read_history, read_run, resolve_run, versions,
@@ -29,7 +31,8 @@ from .runs import (RunLock, load_model_weights, load_weights, new_run_dir, read_
 from .spec import RunSpec
 from .synth import is_synthetic
 
-__all__ = ["TrainingDiverged", "TrainingInterrupted", "check_training_data", "train", "resume", "find_lr"]
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "check_training_data", "train", "resume", "best_epoch",
+           "training_summary", "lr_find_doubt", "find_lr"]
 
 Say = Callable[[str], None]
 
@@ -64,18 +67,36 @@ def _tolerant(func):
 SUGGESTIONS = tuple(_tolerant(f) for f in (valley, slide, minimum, steep))
 
 
-def _lr_find(learn: Learner, num_it: int = 100):
-    "fastai lr_find in a scratch folder (it saves the model there), quietly restoring the model."
+def _lr_find(learn: Learner, num_it: int | None = None):
+    """fastai lr_find in a scratch folder (it saves the model there), quietly restoring the model; its plot with
+    every suggestion marked. `num_it` None: as many mini-batches as two epochs of the training set give, at most 100."""
+    num_it = num_it or min(100, 2 * len(learn.dls.train))
     path, model_dir = learn.path, learn.model_dir
     with tempfile.TemporaryDirectory() as tmp:
         learn.path, learn.model_dir = Path(tmp), "models"
         try:
-            suggestions = learn.lr_find(suggest_funcs=SUGGESTIONS, num_it=num_it, show_plot=False)
+            suggestions = learn.lr_find(suggest_funcs=SUGGESTIONS, num_it=num_it, show_plot=True)
         finally:
             learn.path, learn.model_dir = path, model_dir
-    fig = plt.figure(figsize=(6, 4))
-    learn.recorder.plot_lr_find(suggest_funcs=SUGGESTIONS)
-    return suggestions, plt.gcf() if plt.gcf().axes else fig
+    fig = plt.gcf()
+    fig.set_size_inches(6, 4)
+    fig.axes[0].set_title(f"lr_find over {len(learn.recorder.lrs)} mini-batches; dots: the suggestions", fontsize=10)
+    return suggestions, fig
+
+
+def lr_find_doubt(suggestions: dict[str, float], learn: Learner) -> str | None:
+    """Why the valley suggestion should not be trusted, or None: fastai's valley lies below the learning rate of the
+    loss's minimum, within two decades of it on a sound curve; further below, the curve was too short or too noisy."""
+    lrs, losses = np.array(learn.recorder.lrs[:-5], dtype=float), np.array([float(v) for v in learn.recorder.losses[:-5]])
+    finite = np.isfinite(losses)
+    valley = suggestions.get("valley", float("nan"))
+    if not finite.any() or valley != valley:
+        return "lr_find's curve was too short for a valley; raise --num-it"
+    at_minimum = float(lrs[finite][losses[finite].argmin()])
+    if not at_minimum / 100 <= valley <= at_minimum:
+        return (f"the valley {valley:.2e} is not within two decades below the loss's minimum at {at_minimum:.2e}: the "
+                f"curve is too short or noisy to trust; raise --num-it, or look at the plot")
+    return None
 
 
 def _precision_fields(learn: Learner, requested: str) -> dict[str, str]:
@@ -137,7 +158,8 @@ def _start(learn: Learner, status, run_dir: Path, spec: RunSpec, lr: float | Non
         lr = float(suggestions.valley)
         if not lr > 0:
             raise CovfastError("lr_find's curve was too short for a valley; pass --lr with a number")
-        say(f"lr_find valley: {lr:.2e} (plot: {run_dir / 'lr_find.png'})")
+        doubt = lr_find_doubt(suggestions._asdict(), learn)
+        say(f"lr_find valley: {lr:.2e} (plot: {run_dir / 'lr_find.png'})" + (f"; covfast: warning: {doubt}" if doubt else ""))
     record["lr_used"] = lr
     if distributed.is_main():
         write_json(run_dir / "config.json", record)
@@ -269,8 +291,8 @@ def _fit(learn: Learner, run_dir: Path, spec: RunSpec, cfg: dict[str, Any], comp
         cfg.update(status="diverged", diverged_epoch=e.epoch, diverged=e.what)
         if main:
             write_json(run_dir / "config.json", cfg)
-        kept = (f"model.pth keeps epoch {int(history.loc[history.valid_dice_mean.idxmax(), 'epoch'])}'s weights, the best "
-                f"finite ones" if len(history) and (run_dir / "model.pth").is_file() else "no epoch finished, so there is no model.pth")
+        kept = (f"model.pth keeps epoch {int(best_epoch(history).epoch)}'s weights, the best finite ones"
+                if len(history) and (run_dir / "model.pth").is_file() else "no epoch finished, so there is no model.pth")
         raise TrainingDiverged(f"training diverged ({e.what} in epoch {e.epoch}): the learning rate {cfg['lr_used']:g} is too high for this run; "
                                f"{kept}; train again with a lower --lr, e.g. {cfg['lr_used'] / 10:g}") from None
     if distributed.world_size() > 1:
@@ -288,15 +310,35 @@ def _fit(learn: Learner, run_dir: Path, spec: RunSpec, cfg: dict[str, Any], comp
     return run_dir
 
 
+def best_epoch(history: pd.DataFrame) -> pd.Series:
+    "The history row of the epoch whose weights model.pth holds (the best `metrics.MODEL_CHOICE`; the first of ties)."
+    scores = history[MODEL_CHOICE]
+    if scores.isna().all():  # a run from before the model-choice score: it chose by valid mean Dice
+        scores = history.valid_dice_mean
+    return history.loc[scores.idxmax()]
+
+
+def training_summary(run_dir: str | Path) -> str:
+    "The line `covfast train` ends with: where the run is, and which epoch model.pth holds, with its figures."
+    history = read_history(run_dir)
+    if history.empty:
+        return f"Done: {run_dir} (no epoch completed)"
+    best = best_epoch(history)
+    figures = (f"valid COVID-19 Dice {best.valid_dice_covid:.4f}, empty-truth images left empty {best.valid_empty_left:.4f}, "
+               f"score {best[MODEL_CHOICE]:.4f}" if best[MODEL_CHOICE] == best[MODEL_CHOICE] else
+               f"valid mean Dice {best.valid_dice_mean:.4f}")
+    return f"Done: {run_dir} (model.pth holds epoch {int(best.epoch)} of {int(history.epoch.max())}: {figures})"
+
+
 def find_lr(
     spec: RunSpec,  # the settings `covfast train` would train with: lr_find runs on the model it would build
     out: str | Path | None = None,  # folder for lr_find.png (default: runs_dir/lr-find-<arch>-<time>)
     runs_dir: str | Path = "runs",
     device: str | None = None,
     num_workers: int = 0,
-    num_it: int = 100,  # mini-batches to try
-) -> tuple[dict[str, float], Path]:
-    "fastai lr_find: the valley/slide/minimum/steep suggestions and the saved plot."
+    num_it: int | None = None,  # mini-batches to try (default: two epochs of the training set, at most 100)
+) -> tuple[dict[str, float], Path, str | None]:
+    "fastai lr_find: the valley/slide/minimum/steep suggestions, the saved plot with them marked, and any doubt about the valley."
     spec = spec.replace(data_root=str(resolve_root(spec.data_root).resolve()))
     learn, _ = learner_for_spec(spec, device=device, num_workers=num_workers)
     out = Path(out) if out else Path(runs_dir) / f"lr-find-{arch_slug(spec.arch)}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -307,4 +349,4 @@ def find_lr(
     plt.close(fig)
     values = {k: float(v) for k, v in suggestions._asdict().items()}
     pd.DataFrame([values]).to_csv(out / "lr_find.csv", index=False)
-    return values, path
+    return values, path, lr_find_doubt(values, learn)

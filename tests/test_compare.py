@@ -29,7 +29,8 @@ def test_compare_two_runs_writes_its_files(synth_root, tmp_path, monkeypatch, fa
     page = (tmp_path / "cmp" / "index.html").read_text()
     # each run's report linked by a path relative to the page; a run without a report is named, not linked
     assert "href='../runs/everywhere/report/index.html'" in page and "../runs/nowhere" in page
-    assert page.count("href=") == 1 and "SYNTHETIC DATA" in page
+    assert page.count("report/index.html") == 1 and "SYNTHETIC DATA" in page
+    assert "docs/metrics.md" in page  # where every figure is defined
     # image counts as integers in the side-by-side table (one row per group and metric)
     counts = re.findall(r"<td>n</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>", page)
     assert counts and all(v.isdigit() for row in counts for v in row), counts

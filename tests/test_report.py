@@ -17,7 +17,7 @@ def test_report_links_only_existing_files(synth_root, tmp_path, monkeypatch, fak
     pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.8], "valid_loss": [0.9, 0.8], "train_dice": [0.2, 0.3],
                   "valid_dice_covid": [0.3, 0.4], "valid_dice_noncovid": [0.5, 0.6], "valid_dice_normal": [0.6, 0.7],
                   "valid_dice_mean": [0.4, 0.5], "valid_auc": [0.7, 0.8], "valid_dice_lung": [float("nan")] * 2,
-                  "lr": [1e-3, 1e-5], "seconds": [3.0, 3.0]})[HISTORY_COLUMNS].to_csv(run / "history.csv", index=False)
+                  "lr": [1e-3, 1e-5], "seconds": [3.0, 3.0]}).reindex(columns=HISTORY_COLUMNS).to_csv(run / "history.csv", index=False)
     result = runner.invoke(app, ["report", "everywhere", "--split", "Test"])
     assert result.exit_code == 0, result.output
     page = run / "report" / "index.html"
@@ -68,3 +68,75 @@ def test_attention_unet_triptychs_add_the_finest_gates_map(synth_root, tmp_path,
                                      tmp_path / "three.png", "t"))
     # 3 inches per column at 90 dpi: 4 columns against 3
     assert with_map.size == (4 * 270, 2 * 270) and without.size == (3 * 270, 2 * 270)
+
+
+def test_case_figure_titles_fit_inside_the_figure(tmp_path):
+    "Every panel title of a case figure, long file and run names included, lies inside the saved figure."
+    import matplotlib
+    import numpy as np
+
+    from covfast.figures import plot_cases
+
+    gray = np.full((64, 64), 100, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 10:20] = True
+    cases = [{"title": "non_COVID (11905) with a long name from a hospital archive.png\nNon-COVID · Dice 0.000\n"
+                       "p(COVID-19) 0.625: outlined\nloss 1.234", "gray": gray, "truth": None,
+              "preds": [("attention-unet-20261130-193000-seed42-lungs\nDice 0.938", mask, None),
+                        ("resnet34-20261130-193000-seed42-lungs\nDice 0.412", mask, mask)]}] * 2
+    fig = plot_cases(cases, "the same images through every model")
+    fig.canvas.draw()
+    renderer, frame = fig.canvas.get_renderer(), fig.bbox
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    titles = [ax.title for ax in titled]
+    assert len(titles) == 8
+    for ax, title in zip(titled, titles):
+        box = title.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, title.get_text()
+        # no wider than its panel's slot, so neighbouring titles do not run into each other
+        assert box.width <= frame.width / 4, title.get_text()
+    # the class is whole on its line (a clipped first line read 'COVID' on a Non-COVID X-ray)
+    assert "Non-COVID · Dice 0.000" in titles[0].get_text()
+    matplotlib.pyplot.close(fig)
+
+
+def test_report_tables_read_as_plain_words_with_every_column_defined(synth_root, tmp_path, monkeypatch, fake_run):
+    "Settings as values a person writes; every column heading with a definition (hover) and a legend entry."
+    from html.parser import HTMLParser
+
+    monkeypatch.chdir(tmp_path)
+    fake_run(tmp_path, synth_root, "h", infection=True, image_logit=1.0, threshold=0.5, lungs="everywhere")
+    assert runner.invoke(app, ["report", "h", "--split", "Test"]).exit_code == 0
+    page = (tmp_path / "runs" / "h" / "report" / "index.html").read_text()
+
+    class Tables(HTMLParser):
+        "Each table's headings (with their title attributes) and cells, and the legend's terms after it."
+        def __init__(self):
+            super().__init__()
+            self.tables, self.tag, self.title = [], None, None
+
+        def handle_starttag(self, tag, attrs):
+            self.tag = tag
+            if tag == "table":
+                self.tables.append({"th": [], "td": [], "dt": []})
+            if tag == "th":
+                self.title = dict(attrs).get("title")
+
+        def handle_data(self, data):
+            if self.tag in ("th", "td", "dt") and self.tables and data.strip():
+                self.tables[-1][self.tag].append((data.strip(), self.title) if self.tag == "th" else data.strip())
+
+        def handle_endtag(self, tag):
+            self.tag = None
+
+    parsed = Tables()
+    parsed.feed(page)
+    assert len(parsed.tables) >= 6
+    for table in parsed.tables:
+        for heading, title in table["th"]:
+            assert title and heading in table["dt"], (heading, table["dt"])
+    settings = parsed.tables[0]["td"]
+    values = settings[1::2]
+    assert not {"None", "False", "True", "nan"} & set(values) and not any(v.startswith("[") for v in values)
+    assert "COVID-19, Non-COVID" in values and "no" in values  # the classes as a person writes them; pretrained: no
+    assert "docs/metrics.md" in page and "Pooled Dice adds up pixels" in page

@@ -1,0 +1,113 @@
+"""What a user reads: the model choice an empty model cannot win, lr-find that suits the data, predict's counts
+and captions, --help with values."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from covfast.cli import app
+from covfast.dataset import DATASET_DIR
+from covfast.metrics import SegmentationStats, model_choice_score
+
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def test_an_all_empty_prediction_scores_0_on_the_model_choice():
+    "On a mixed batch, leaving everything empty scores 0 (the mean of class Dice gave it 0.667); outlining everything too."
+    assert model_choice_score(0.0, 1.0) == 0 and model_choice_score(0.7, 0.0) == 0
+    assert model_choice_score(0.6, 0.8) == pytest.approx(2 * 0.6 * 0.8 / 1.4)
+    assert model_choice_score(0.6, float("nan")) == 0.6  # no empty-truth images: the COVID-19 Dice alone
+    stats = SegmentationStats()
+    # 2 COVID-19 images (infection missed: all FN) and 2 Non-COVID, 2 Normal (nothing predicted, nothing true)
+    stats.valid_counts = [torch.tensor([[0, 0, 30], [0, 0, 12], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])]
+    stats.valid_labels = ["COVID-19", "COVID-19", "Non-COVID", "Non-COVID", "Normal", "Normal"]
+    assert stats.dice() == pytest.approx(4 / 6) and stats.empty_left() == 1.0 and stats.score() == 0.0
+
+
+def test_the_done_line_says_which_epoch_model_pth_holds_and_its_covid_dice(synth_root, tmp_path):
+    result = cli("train", "attention-unet", "--data", synth_root, "--size", "32", "--bs", "4", "--epochs", "1",
+                 "--features", "4,8", "--lr", "3e-3", "--name", "one")
+    assert result.exit_code == 0, result.output
+    history = pd.read_csv(tmp_path / "runs" / "one" / "history.csv")
+    done = result.stdout.strip().splitlines()[-1]
+    assert done.startswith("Done:") and "model.pth holds epoch 1 of 1" in done
+    assert f"valid COVID-19 Dice {history.valid_dice_covid[0]:.4f}" in done
+    assert f"empty-truth images left empty {history.valid_empty_left[0]:.4f}" in done
+    assert "nan" not in result.stdout.lower().replace("non", "")  # figures a run does not have read '–'
+    # epochs counted from 1 in the table, as history.csv and the report count them
+    rows = re.findall(r"(?:^|[\r\n])(\d+)\s+\d+\.\d{6}", result.stdout)
+    assert rows == ["1"], rows
+
+
+def test_lr_find_caps_its_iterations_by_the_data_and_marks_its_suggestions(synth_root):
+    from covfast.learner import learner_for_spec
+    from covfast.spec import RunSpec
+    from covfast.train import _lr_find
+
+    learn, _ = learner_for_spec(RunSpec("attention-unet", data_root=str(synth_root), img_size=32, bs=4, features=(4, 8)))
+    suggestions, fig = _lr_find(learn)
+    assert len(learn.dls.train) == 4 and len(learn.recorder.lrs) <= 2 * 4  # two epochs of 18 images at bs 4
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["valley", "slide", "minimum", "steep"]  # each suggestion marked on the plot
+    result = cli("lr-find", "attention-unet", "--data", synth_root, "--size", "32", "--bs", "4", "--features", "4,8",
+                 "--out", "lrf")
+    assert result.exit_code == 0, result.output
+    assert "plot (the suggestions marked)" in result.stdout
+
+
+def test_lr_find_says_when_its_valley_cannot_be_trusted():
+    from types import SimpleNamespace
+
+    from covfast.train import lr_find_doubt
+    lrs = list(np.logspace(-7, 1, 40))
+    losses = [2.0] * 20 + [1.0] * 10 + [3.0] * 10  # the minimum near 1e-3
+    learn = SimpleNamespace(recorder=SimpleNamespace(lrs=lrs, losses=losses))
+    at_min = lrs[int(np.argmin(losses[:-5]))]
+    assert lr_find_doubt({"valley": at_min / 10}, learn) is None
+    doubt = lr_find_doubt({"valley": at_min / 1000}, learn)
+    assert doubt and "not within two decades" in doubt and "--num-it" in doubt
+
+
+def test_predict_ends_with_its_counts_and_captions_its_overlays(synth_root, tmp_path, fake_run):
+    fake_run(tmp_path, synth_root, "h", infection=True, image_logit=1.0, threshold=0.9)  # p 0.73: every mask empty
+    folder = tmp_path / "in"
+    folder.mkdir()
+    src = sorted((synth_root / DATASET_DIR / "Test" / "COVID-19" / "images").iterdir())[:2]
+    for p in src:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.png").write_text("not an image")
+    result = cli("predict", "h", folder, "--out", "p")
+    assert result.exit_code == 1
+    assert f"3 X-rays: 0 outlined, 2 left empty, 1 could not be read. Masks, overlays and predictions.csv are in p" in result.stdout
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    assert table.p_covid.tolist() == [0.7311, 0.7311]  # 4 decimals
+    overlay = np.asarray(Image.open(tmp_path / "p" / table.overlay[0]))
+    assert overlay.shape[0] > 64 and overlay.shape[1] == 64  # the X-ray, and its caption below it
+    band = overlay[64:]
+    assert band.mean() < 60 and (band > 200).any()  # light letters on a dark band
+
+
+def test_help_shows_values_not_setting_names():
+    import typer
+
+    train = typer.main.get_command(app).commands["train"]
+    helps = {p.opts[0]: p.help or "" for p in train.params if p.opts}
+    assert helps["--bs"].endswith("Default: 8 (settings.ini / COVFAST_BS).")
+    assert "Default: 1e-3 (settings.ini / COVFAST_LR)." in helps["--lr"] and helps["--cls-weight"].endswith("Default: 0.3.")
+    assert not any(h.endswith(("Default: bs.", "Default: lr.", "Default: precision.")) for h in helps.values())
+    assert "--fp16" not in runner.invoke(app, ["train", "--help"]).stdout  # its old name is hidden
