@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from typer.core import TyperGroup, TyperOption
 
 from . import __version__
 from .config import DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, Config, load_config
-from .errors import CovfastError, format_problems
+from .errors import CovfastError, format_problems, os_problem
 
 __all__ = ["app", "main"]
 
@@ -35,6 +36,14 @@ class _Group(TyperGroup):
                 raise
             if isinstance(e, CovfastError):
                 typer.echo(f"covfast: error: {e}", err=True)
+                raise typer.Exit(2)
+            if isinstance(e, OSError):  # the machine's side: a full disk, a read-only folder, a file where a folder goes
+                typer.echo(f"covfast: error: {os_problem(e)}", err=True)
+                raise typer.Exit(2)
+            if isinstance(e, RuntimeError) and str(e).startswith("Symlink loop"):  # pathlib's resolve() says so
+                path = str(e).split("from ", 1)[-1].strip("'")
+                typer.echo(f"covfast: error: {os_problem(OSError(errno.ELOOP, 'Too many levels of symbolic links', path))}",
+                           err=True)
                 raise typer.Exit(2)
             typer.echo(f"covfast: error: {e.__class__.__name__}: {e} (rerun with --debug for the traceback)", err=True)
             raise typer.Exit(1)

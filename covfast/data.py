@@ -61,9 +61,16 @@ class PILLungMask(PILMask):
     _tensor_cls = LungMask
 
 
+# the largest X-ray covfast reads; a chest film scanned at 300 dpi is about 4300x5200 pixels
+MAX_PIXELS = 50_000_000
+
+
 def read_xray(path: str | Path) -> np.ndarray:
     "Any PNG/JPEG X-ray (8- or 16-bit, grayscale or RGB) -> uint8 HxW grayscale."
     with Image.open(path) as im:
+        if im.width * im.height > MAX_PIXELS:
+            raise CovfastError(f"{im.width}x{im.height} pixels is more than covfast reads "
+                               f"({MAX_PIXELS // 1_000_000} megapixels at most); downscale it")
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16-bit: scale the full range, not clip (PIL's convert('L') would saturate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -13,15 +14,15 @@ import torch
 from . import __version__
 from .config import CLASSES, Config
 from .data import read_mask
-from .dataset import canonical_root, scan_tree
+from .dataset import canonical_root, check_tree, scan_tree
 from .decision import Decision, image_probability, learner_decision, predicted_lung
-from .errors import CovfastError
+from .errors import CovfastError, format_problems
 from .inference import Run, iter_outputs, load_run
 from .metrics import (band_agreement, bootstrap_auc, bootstrap_ci, confusion_counts, dice_from_counts, infected,
                       infection_pct, iou_from_counts, pooled_dice, pooled_iou, sensitivity, SEVERITY_BANDS, severity_band,
                       severity_mae, specificity)
 from .precision import learner_precision
-from .runs import read_json, write_json
+from .runs import read_json, run_subdir, write_json
 from .synth import is_synthetic
 
 __all__ = ["REFERENCE", "split_items", "score_items", "summarize", "confusion_table", "band_confusion", "provenance",
@@ -33,8 +34,9 @@ REFERENCE = [("Attention U-Net", "COVID + Non-COVID (mean)", 0.6926, 0.6095),
              ("ResNet34 U-Net", "Non-COVID", 0.2911, 0.2911)]
 
 
-def split_items(root: str | Path, split: str, classes: tuple[str, ...]) -> pd.DataFrame:
-    "The rows of `split` and `classes` in the tree at `root`; none is an error."
+def split_items(root: str | Path, split: str, classes: tuple[str, ...], check: bool = True) -> pd.DataFrame:
+    """The rows of `split` and `classes` in the tree at `root`; none is an error. `check`: open every file first
+    (`covfast data check`'s checks), so a damaged PNG is named before any scoring."""
     name = {s.lower(): s for s in ("Train", "Val", "Test")}.get(split.lower())
     if name is None:
         raise CovfastError(f"unknown split {split!r}; use Train, Val or Test")
@@ -43,6 +45,11 @@ def split_items(root: str | Path, split: str, classes: tuple[str, ...]) -> pd.Da
     items = df[(df.split == split) & df.label.isin(classes)].reset_index(drop=True)
     if items.empty:
         raise CovfastError(f"no {split} images of classes {', '.join(classes)} under {root}")
+    if check:
+        _, problems = check_tree(root, splits=(split,), classes=tuple(dict.fromkeys(items.label)))
+        if problems:
+            raise CovfastError(f"the {split} data has problems (run `covfast data check` for all of them):\n"
+                               + format_problems(problems))
     return items
 
 
@@ -191,8 +198,7 @@ def _evaluate(learn, run: Run, split: str, data: str | Path | None, bs: int | No
     items = split_items(root, split, classes or run.spec.classes)
     per_image = score_items(learn, items, bs=bs, progress=progress)
     summary = summarize(per_image)
-    out = run.dir / "eval" / items.split.iloc[0]
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_subdir(run.dir, "eval", items.split.iloc[0])
     per_image.to_csv(out / "per_image.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     write_json(out / "summary.json", {"run": run.name, "split": items.split.iloc[0],
@@ -237,12 +243,26 @@ def evaluated(
     root = data or loaded.spec.data_root
     check_calibration_split(loaded, split, root, allow_calibration_split)
     folder = loaded.dir / "eval" / split.capitalize()
-    if (folder / "summary.json").is_file() and (folder / "per_image.csv").is_file():
-        stored = read_json(folder / "summary.json")
+    stored = _stored(folder)
+    if stored is not None:
         now = {**provenance(learn, loaded, root), "classes": sorted(loaded.spec.classes)}
-        if all(stored.get(k) == v for k, v in now.items()):
-            return pd.read_csv(folder / "per_image.csv"), pd.read_csv(folder / "summary.csv"), folder
+        if all(stored[0].get(k) == v for k, v in now.items()):
+            return stored[1], stored[2], folder
     return _evaluate(learn, loaded, split, data, config.bs, progress)
+
+
+def _stored(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame] | None:
+    "An evaluation's files read back, or None where any is missing or not as `evaluate` writes it (then it runs again)."
+    try:
+        stored = json.loads((folder / "summary.json").read_text())
+        per_image, summary = pd.read_csv(folder / "per_image.csv"), pd.read_csv(folder / "summary.csv")
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError):
+        return None
+    needed = {"image", "class", "dice", "iou", "tp", "fp", "fn", "pred_empty"}
+    if (not isinstance(stored, dict) or not needed <= set(per_image.columns) or per_image[["dice", "tp", "fp", "fn"]].isna().any().any()
+            or "group" not in summary.columns):
+        return None
+    return stored, per_image, summary
 
 
 def evaluation_text(per_image: pd.DataFrame, summary: pd.DataFrame, folder: Path) -> str:

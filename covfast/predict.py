@@ -17,6 +17,7 @@ from .decision import image_probability, predicted_lung
 from .figures import captioned, overlay
 from .inference import iter_outputs, load_run
 from .metrics import infection_pct, severity_band_name
+from .runs import run_subdir
 
 __all__ = ["IMAGE_SUFFIXES", "COLUMNS", "CAPTION_NOTE", "collect_images", "PredictFailure", "predict", "caption",
            "prediction_summary"]
@@ -98,7 +99,7 @@ def predict(
                                f"as X-rays; choose an --out outside it")
     files = collect_images(paths)
     learn, loaded = load_run(run, config.runs_dir, device, precision=config.precision)
-    out = Path(out) if out else loaded.dir / "predictions" / f"{datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(out) if out else run_subdir(loaded.dir, "predictions", f"{datetime.now():%Y%m%d-%H%M%S}")
     if (out / "predictions.csv").exists():
         raise CovfastError(f"{out} already holds predictions.csv; choose another --out")
     if not loaded.spec.lungs and lung_masks is None and say:
@@ -119,6 +120,8 @@ def predict(
         try:
             _cached_xray(str(f))  # decode once: a bad file is found here, and the loader reuses the pixels
             good.append(f)
+        except CovfastError as e:
+            fail("image", f, str(e))
         except Exception as e:  # PIL raises many types for a file that is not an image
             fail("image", f, f"{e.__class__.__name__}: {str(e)[:100]}")
     rows, taken = [], set()

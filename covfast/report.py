@@ -14,7 +14,7 @@ from .evaluate import band_confusion, confusion_table, evaluated, reference_tabl
 from .figures import case_figure, plot_history, roc_figure, severity_figure
 from .inference import load_run
 from .pages import html_page, html_table, metrics_link, plain_value, synthetic_banner
-from .runs import read_history
+from .runs import read_history, run_subdir
 from .synth import is_synthetic
 
 __all__ = ["report"]
@@ -29,8 +29,7 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
     per_image, summary, folder = evaluated(run_dir, split, data, config=config, device=device, progress=progress,
                                            allow_calibration_split=allow_calibration_split)
     split = folder.name
-    out = run_dir / "report"
-    out.mkdir(exist_ok=True)
+    out = run_subdir(run_dir, "report")
     sections = []
     spec, decision = loaded.spec, loaded.decision
     settings = {"arch": spec.arch, "img_size": spec.img_size, "bs": spec.bs, "epochs": spec.epochs, "lr": spec.lr,

@@ -23,7 +23,7 @@ from . import __version__
 from .errors import CovfastError
 from .spec import RunSpec
 
-__all__ = ["HISTORY_COLUMNS", "versions", "RunLock", "new_run_dir", "read_run_config", "read_run", "finite_weights", "load_model_weights", "resolve_run", "write_json", "read_json", "read_history",
+__all__ = ["HISTORY_COLUMNS", "versions", "RunLock", "new_run_dir", "run_subdir", "read_run_config", "read_run", "finite_weights", "load_model_weights", "load_checkpoint", "resolve_run", "write_json", "read_json", "read_history",
            "write_history", "atomic_save", "plain", "load_weights"]
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "train_dice", "valid_dice_covid", "valid_dice_noncovid",
@@ -38,8 +38,10 @@ def versions() -> dict[str, str]:
 
 def new_run_dir(runs_dir: str | Path, name: str | None, arch_slug: str) -> Path:
     "Create runs_dir/name (default `<arch>-<YYYYmmdd-HHMMSS>`); an existing name is refused, never reused."
+    if name is not None and not name.strip():
+        raise CovfastError("--name is empty; give the run a name, or leave --name out for <arch>-<time>")
     name = name or f"{arch_slug}-{datetime.now():%Y%m%d-%H%M%S}"
-    if not name or "/" in name or name in (".", ".."):
+    if "/" in name or name in (".", ".."):
         raise CovfastError(f"run name {name!r} must be a plain folder name")
     path = Path(runs_dir) / name
     if path.parent.exists() and not path.parent.is_dir():
@@ -49,10 +51,18 @@ def new_run_dir(runs_dir: str | Path, name: str | None, arch_slug: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir()
     except FileExistsError:
+        if _stillborn(path):  # a run killed before its config.json was written: nothing in it to keep
+            return path
         raise CovfastError(f"run directory {path} already exists; choose another --name, or --resume it") from None
     except OSError as e:
         raise CovfastError(f"cannot create run directory {path}: {e.strerror}; check runs_dir") from None
     return path
+
+
+def _stillborn(path: Path) -> bool:
+    "A run folder holding nothing but covfast's own leftovers (its lock, half-written temporary files): no run in it."
+    return path.is_dir() and not path.is_symlink() and all(
+        p.name == ".lock" or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in path.iterdir())
 
 
 class RunLock:
@@ -96,7 +106,26 @@ def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
     for path in (Path(run), Path(runs_dir) / str(run)):
         if (path / "config.json").is_file():
             return path
+    for path in (Path(run), Path(runs_dir) / str(run)):
+        if _stillborn(path):
+            raise CovfastError(f"{path} holds no run: it was stopped before its config.json was written; train it again "
+                               f"with --name {path.name}")
     raise CovfastError(f"no run directory {run!r} (looked for config.json in {Path(run)} and {Path(runs_dir) / str(run)})")
+
+
+def run_subdir(run_dir: str | Path, *parts: str) -> Path:
+    """A folder inside a run directory (eval/Test, report, predictions), made if needed; one that is a symbolic link,
+    or leads out of the run directory, is refused: covfast writes a run's outputs inside it."""
+    run_dir = Path(run_dir)
+    path = run_dir.joinpath(*parts)
+    for step in [run_dir.joinpath(*parts[:i + 1]) for i in range(len(parts))]:
+        if step.is_symlink():
+            raise CovfastError(f"{step} is a symbolic link; covfast writes a run's outputs inside the run directory: "
+                               f"remove the link (or move what it points at into {run_dir})")
+    path.mkdir(parents=True, exist_ok=True)
+    if run_dir.resolve() not in path.resolve().parents:
+        raise CovfastError(f"{path} leads out of {run_dir}; covfast writes a run's outputs inside the run directory")
+    return path
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -126,14 +155,29 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
 def read_json(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CovfastError(f"cannot read {path}: {e}") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CovfastError(f"cannot read {path}: {str(e).splitlines()[0][:150]}; it is not the JSON covfast writes") from None
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
-    "history.csv, with every column of HISTORY_COLUMNS (older runs lack the last ones: NaN)."
+    "history.csv, with every column of HISTORY_COLUMNS (older runs lack some: NaN); checked: one line naming what is wrong."
     path = Path(run_dir) / "history.csv"
-    return pd.read_csv(path).reindex(columns=HISTORY_COLUMNS) if path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
+    if not path.is_file():
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    fix = "restore it, or delete it to resume from checkpoint.pth (which holds the history too)"
+    try:
+        history = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise CovfastError(f"{path} is not a table covfast wrote ({e.__class__.__name__}); {fix}") from None
+    if "epoch" not in history.columns:
+        raise CovfastError(f"{path} has no epoch column; {fix}")
+    history = history.reindex(columns=HISTORY_COLUMNS)
+    numbers = history.apply(pd.to_numeric, errors="coerce")
+    bad = [c for c in HISTORY_COLUMNS if (numbers[c].isna() & history[c].notna()).any()] + (
+        ["epoch"] if numbers.epoch.isna().any() else [])
+    if bad:
+        raise CovfastError(f"{path}: column {bad[0]} holds values that are not numbers; {fix}")
+    return numbers.astype({"epoch": int})
 
 
 def write_history(run_dir: str | Path, history: pd.DataFrame) -> None:
@@ -206,7 +250,22 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
+        if not found:  # not a pickle of objects at all: text, an image, a truncated file
+            raise CovfastError(f"cannot read weights {path}: it is not a weights file covfast wrote") from None
         raise CovfastError(f"refusing {path}: it is not a plain weights file; it holds Python objects that "
-                           f"would run code when unpickled ({found[:150] or 'weights_only load failed'})") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CovfastError(f"cannot read weights {path}: {str(e).splitlines()[0][:150]}") from None
+                           f"would run code when unpickled ({found[:150]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, AttributeError) as e:
+        # torch.load's errors for a file that is not a weights file (text, a truncated zip, a link to either)
+        first = str(e).splitlines()[0][:150] if str(e) else e.__class__.__name__
+        raise CovfastError(f"cannot read weights {path}: {first}; it is not a weights file covfast wrote") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    "A run's checkpoint.pth (weights_only), checked for what resuming needs: weights, optimizer state and a whole epoch."
+    ckpt = load_weights(path)
+    missing = [k for k in ("model", "opt", "epoch") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing or isinstance(ckpt["epoch"], bool) or not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
+        what = f"lacks {', '.join(missing)}" if missing else f"has epoch {ckpt['epoch']!r}, not a whole number"
+        raise CovfastError(f"{path} {what}: it is not a checkpoint covfast wrote; delete it to train the run again from "
+                           f"epoch 1 under another --name")
+    return ckpt

@@ -225,7 +225,10 @@ def _normal(name: str, value: Any, arch: str) -> Any:
     if name == "classes":
         if not isinstance(value, (str, list, tuple)) or any(not isinstance(c, str) for c in ([] if isinstance(value, str) else value)):
             raise ValueError("is not a list of class names")
-        return parse_classes(value)
+        classes = parse_classes(value)
+        if "COVID-19" not in classes:
+            raise ValueError("leaves out COVID-19, the infection the models outline; add it (e.g. COVID-19,Non-COVID)")
+        return classes
     if name == "precision":
         if value not in _PRECISIONS:
             raise ValueError(f"is not one of {', '.join(_PRECISIONS)}")

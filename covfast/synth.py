@@ -9,7 +9,6 @@ opacity, or anything outside the lungs, scores badly. It proves the pipeline, no
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -111,12 +110,27 @@ def synth_item(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndar
     return as_png(img), infection.astype(np.uint8) * 255, lungs.astype(np.uint8) * 255
 
 
+def _tree_files(out: Path, per_class: int) -> list[Path]:
+    "Every file a synthetic tree of `per_class` images per class and split holds under `out`."
+    return [out / DATASET_DIR / split / label / sub / synthetic_name(label, si * per_class + i + 1)
+            for si, split in enumerate(SPLITS) for label in CLASSES for i in range(per_class) for sub in SUBDIRS.values()]
+
+
+def _remove(files: list[Path], top: Path) -> None:
+    "Delete `files`, then the folders under `top` they leave empty (a folder holding anything else stays)."
+    for f in files:
+        f.unlink(missing_ok=True)
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [top]:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def write_synthetic(
     out: str | Path,  # the folder to hold "Infection Segmentation Data"
     per_class: int = 20,  # images per class in each split
     size: int = 256,  # image side in pixels
     seed: int = 0,
-    force: bool = False,  # replace a tree that an earlier `synth` wrote there
+    force: bool = False,  # replace a tree an earlier `synth` wrote with other settings, or write beside other files
     progress: Callable[[Iterable, int], Iterable] | None = None,
 ) -> Path:
     "Write a synthetic tree in the exact COVID-QU-Ex layout; the same arguments give the same bytes."
@@ -125,17 +139,25 @@ def write_synthetic(
     out = Path(out).expanduser()
     target = out / DATASET_DIR
     params = {"per_class": per_class, "size": size, "seed": seed}
-    if target.exists():
+    if out.exists() and not out.is_dir():
+        raise CovfastError(f"{out} is a file; pass a folder for the synthetic tree")
+    if out.is_dir() and any(out.iterdir()):
         marker = out / MARKER
-        made_here = marker.is_file()
-        # Rewriting a synthetic tree with its own parameters reproduces it byte for byte: nothing is lost.
-        same = made_here and json.loads(marker.read_text() or "{}") == params
-        if not made_here:
+        if marker.is_file():
+            try:
+                made = json.loads(marker.read_text())
+                old = _tree_files(out, made["per_class"])
+            except (ValueError, KeyError, TypeError):
+                raise CovfastError(f"{marker} is not the record covfast synth writes; choose another OUT") from None
+            if made != params and not force:
+                raise CovfastError(f"{target} already holds a synthetic tree made with other settings "
+                                   f"({marker.read_text().strip()}); choose another OUT or add --force to replace it")
+            _remove(old, target)  # only what that tree holds: anything else in OUT stays
+        elif not force:
+            raise CovfastError(f"{out} holds files covfast synth did not write; choose an empty or new OUT, or add --force "
+                               f"to write the tree beside them (nothing of theirs is removed)")
+        elif target.exists():
             raise CovfastError(f"{target} already exists and was not made by covfast synth; choose another OUT")
-        if not (same or force):
-            raise CovfastError(f"{target} already holds a synthetic tree made with other settings "
-                               f"({marker.read_text().strip()}); choose another OUT or add --force to replace it")
-        shutil.rmtree(target)
     jobs = [(s, c, i) for s in SPLITS for c in CLASSES for i in range(per_class)]
     it = progress(jobs, len(jobs)) if progress is not None else jobs
     for split, label, i in it:

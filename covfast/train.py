@@ -26,8 +26,8 @@ from .learner import learner_for_spec, pick_device
 from .metrics import MODEL_CHOICE
 from .models import arch_slug
 from .precision import learner_precision
-from .runs import (RunLock, load_model_weights, load_weights, new_run_dir, read_history, read_run, resolve_run, versions,
-                   write_history, write_json)
+from .runs import (RunLock, load_checkpoint, load_model_weights, new_run_dir, read_history, read_run, resolve_run,
+                   versions, write_history, write_json)
 from .spec import RunSpec
 from .synth import is_synthetic
 
@@ -217,8 +217,8 @@ def resume(
     with _lock(run_dir):  # before reading anything: another process may be writing this run
         spec, record = read_run(run_dir)
         spec.check_resume(run_dir, given or {})
-        ckpt = load_weights(run_dir / "checkpoint.pth") if (run_dir / "checkpoint.pth").is_file() else None
-        completed = int(ckpt["epoch"]) if ckpt else 0
+        ckpt = load_checkpoint(run_dir / "checkpoint.pth") if (run_dir / "checkpoint.pth").is_file() else None
+        completed = ckpt["epoch"] if ckpt else 0
         finished = max([completed, *read_history(run_dir).epoch.astype(int).tolist()])
         if finished >= spec.epochs:
             raise CovfastError(f"run {run_dir} already completed its {spec.epochs} epochs; nothing to resume")
@@ -340,6 +340,7 @@ def find_lr(
 ) -> tuple[dict[str, float], Path, str | None]:
     "fastai lr_find: the valley/slide/minimum/steep suggestions, the saved plot with them marked, and any doubt about the valley."
     spec = spec.replace(data_root=str(resolve_root(spec.data_root).resolve()))
+    check_training_data(spec.data_root, spec.classes, spec.bs)  # as train does: a damaged file is named before any batch
     learn, _ = learner_for_spec(spec, device=device, num_workers=num_workers)
     out = Path(out) if out else Path(runs_dir) / f"lr-find-{arch_slug(spec.arch)}-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)

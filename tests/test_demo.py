@@ -40,7 +40,7 @@ def test_the_readme_has_the_two_setup_commands_and_commands_for_after_the_demo()
     assert len(setup) == 2 and setup[0].startswith("pip install -e . && covfast demo")
     assert "pytest" in setup[1]
     after = _readme_commands("after-demo")
-    assert {shlex.split(c)[1] for c in after} == {"evaluate", "report", "compare", "predict"}
+    assert {shlex.split(c)[1] for c in after} == {"evaluate", "report", "compare", "predict", "lr-find", "train"}
 
 
 @pytest.mark.slow
@@ -62,6 +62,7 @@ def test_demo_writes_both_reports_and_the_comparison_and_the_readmes_commands_wo
         result = runner.invoke(app, shlex.split(command)[1:])
         assert result.exit_code == 0, (command, result.output)
     assert (Path("runs/demo-compare/index.html").is_file() and Path("runs/demo-predictions/predictions.csv").is_file())
+    assert Path("runs/demo-lr-find/lr_find.png").is_file() and Path("runs/demo-more/model.pth").is_file()
 
 
 def test_demo_refuses_a_used_folder(tmp_path):

@@ -36,13 +36,42 @@ def test_layout_values_and_classes(synth_root):
         assert not (inf & ~lung).any()  # infection only inside the lungs
 
 
+def _hashes(folder):
+    import hashlib
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_refuses_to_overwrite(tmp_path):
     (tmp_path / DATASET_DIR).mkdir()
-    with pytest.raises(CovfastError, match="not made by covfast synth"):
+    with pytest.raises(CovfastError, match="did not write"):
         write_synthetic(tmp_path, per_class=1, size=32)
+    with pytest.raises(CovfastError, match="not made by covfast synth"):
+        write_synthetic(tmp_path, per_class=1, size=32, force=True)
     out = write_synthetic(tmp_path / "s", per_class=1, size=32, seed=1)
     write_synthetic(out, per_class=1, size=32, seed=1)  # same settings: the same bytes again
     with pytest.raises(CovfastError, match="--force"):
         write_synthetic(out, per_class=1, size=32, seed=2)
     write_synthetic(out, per_class=2, size=32, seed=2, force=True)
     assert len(scan_tree(out)) == 18
+
+
+def test_synth_never_removes_a_file_it_did_not_write(tmp_path):
+    "A user's files beside or inside a synthetic tree survive every rewrite, --force included."
+    out = write_synthetic(tmp_path / "s", per_class=1, size=32)
+    (out / "my_notes.txt").write_text("keep me")
+    (out / DATASET_DIR / "Train" / "notes.txt").write_text("and me")
+    for kwargs in ({}, {"per_class": 2, "force": True}):
+        write_synthetic(out, **{"per_class": 1, "size": 32, **kwargs})
+        assert (out / "my_notes.txt").read_text() == "keep me"
+        assert (out / DATASET_DIR / "Train" / "notes.txt").read_text() == "and me"
+    assert len(list((out / DATASET_DIR / "Train" / "COVID-19" / "images").iterdir())) == 2  # the old tree's files went
+    # a folder holding a user's files is refused without --force, and left as it was
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "my_notes.txt").write_text("keep me")
+    before = _hashes(mine)
+    with pytest.raises(CovfastError, match="did not write"):
+        write_synthetic(mine, per_class=1, size=32)
+    assert _hashes(mine) == before
+    write_synthetic(mine, per_class=1, size=32, force=True)  # beside them
+    assert (mine / "my_notes.txt").read_text() == "keep me" and (mine / DATASET_DIR).is_dir()
