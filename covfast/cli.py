@@ -388,7 +388,7 @@ def compare_cmd(
 @app.command("predict")
 def predict_cmd(
     run: RunArg,
-    paths: Annotated[list[Path], typer.Argument(help="X-ray files (PNG/JPEG, 8- or 16-bit, gray or RGB) and/or folders of them.", show_default=False)],
+    paths: Annotated[list[Path], typer.Argument(help="X-ray files (PNG/JPEG, 8- or 16-bit, gray or RGB; DICOM .dcm) and/or folders of them.", show_default=False)],
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. Default: <run>/predictions/<time>.", show_default=False)] = None,
     lung_masks: Annotated[Optional[Path], typer.Option("--lung-masks", help="Folder of 0/255 lung masks named like the images, used instead of the model's own lungs for infection % of lung (runs trained before covfast outlined the lungs need them for it).", show_default=False)] = None,
     bs: BsOpt = None,

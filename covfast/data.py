@@ -20,6 +20,7 @@ from PIL import Image
 
 from .config import CLASSES
 from .dataset import scan_tree
+from .dicom import is_dicom, read_dicom
 from .errors import CovfastError
 
 __all__ = ["CODES", "LUNG_CODES", "InfectionMask", "LungMask", "ItemCacheDL", "PILInfectionMask", "PILLungMask", "read_xray",
@@ -66,7 +67,9 @@ MAX_PIXELS = 50_000_000
 
 
 def read_xray(path: str | Path) -> np.ndarray:
-    "Any PNG/JPEG X-ray (8- or 16-bit, grayscale or RGB) -> uint8 HxW grayscale."
+    "Any PNG/JPEG X-ray (8- or 16-bit, grayscale or RGB), or a DICOM one (`dicom.read_dicom`) -> uint8 HxW grayscale."
+    if is_dicom(path):
+        return read_dicom(path)
     with Image.open(path) as im:
         if im.width * im.height > MAX_PIXELS:
             raise CovfastError(f"{im.width}x{im.height} pixels is more than covfast reads "

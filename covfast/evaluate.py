@@ -274,7 +274,7 @@ def evaluation_text(per_image: pd.DataFrame, summary: pd.DataFrame, folder: Path
     cols = ["group", "n", "dice", "iou", "dice_pooled", "sensitivity", "specificity"]
     number = lambda v: f"{v:.4f}"  # noqa: E731
     lines = [f"{len(per_image)} {stored['split']} images; Dice and IoU are per-image means with bootstrap 95% CI\n",
-             with_ci[cols].to_string(index=False, float_format=number)]
+             with_ci[cols].to_string(index=False, float_format=number, na_rep="–")]
     lungs = summary.get("lung_dice", pd.Series(dtype=float)).notna().any()
     severity = summary.assign(lung_dice=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" if d == d else "–" for d, lo, hi in
                                          zip(summary.get("lung_dice", np.nan), summary.get("lung_dice_ci_low", np.nan),
@@ -287,7 +287,7 @@ def evaluation_text(per_image: pd.DataFrame, summary: pd.DataFrame, folder: Path
     else:
         lines.append("\nSeverity with the dataset's lung masks (this run has no lung output: it was trained before covfast "
                      "outlined the lungs):\n")
-    lines.append(severity[sev_cols].to_string(index=False, float_format=number))
+    lines.append(severity[sev_cols].to_string(index=False, float_format=number, na_rep="–"))
     if summary.auc.notna().any():
         lines.append("\nImage level (is there COVID-19 infection?): ROC AUC of the head's probability, COVID-19 against\n")
         for row in summary[summary.auc.notna()].itertuples():
@@ -299,6 +299,6 @@ def evaluation_text(per_image: pd.DataFrame, summary: pd.DataFrame, folder: Path
         lines.append("\nAgainst the reference study: not comparable (synthetic data; it proves the pipeline, not accuracy)")
     else:
         lines.append("\nAgainst the reference study (30 epochs):\n")
-        lines.append(reference_table(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        lines.append(reference_table(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–"))
     lines.append(f"\nWrote {folder / 'per_image.csv'}, {folder / 'summary.csv'}, {folder / 'summary.json'}")
     return "\n".join(lines)

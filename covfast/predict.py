@@ -14,6 +14,7 @@ from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
 from .decision import image_probability, predicted_lung
+from .dicom import DICOM_SUFFIXES
 from .figures import captioned, overlay
 from .inference import iter_outputs, load_run
 from .metrics import infection_pct, severity_band_name
@@ -22,7 +23,7 @@ from .runs import run_subdir
 __all__ = ["IMAGE_SUFFIXES", "COLUMNS", "CAPTION_NOTE", "collect_images", "PredictFailure", "predict", "caption",
            "prediction_summary"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
 # the end of every overlay's caption
 CAPTION_NOTE = "research code, not a medical device"
 # predictions.csv's columns
