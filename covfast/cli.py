@@ -394,6 +394,7 @@ def predict_cmd(
     bs: BsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    engine: Annotated[str, typer.Option("--engine", help="torch (the run's PyTorch model), or onnx (its `covfast export` through onnxruntime, on the CPU).")] = "torch",
 ) -> None:
     """Outline infection and lungs in new X-rays: 0/255 masks, an overlay per image (infection red, lungs outlined in cyan), and predictions.csv with infection % of lung and its severity band."""
     from .predict import predict, prediction_summary
@@ -401,7 +402,7 @@ def predict_cmd(
     config = load_config(bs=bs, precision=precision)
     report = lambda failure: typer.echo(f"covfast: error: {failure}", err=True)  # noqa: E731
     table, failures, folder = predict(run, paths, out, lung_masks, config, device=device,
-                                      progress=_progress("Predicting"), on_error=report, say=typer.echo)
+                                      progress=_progress("Predicting"), on_error=report, say=typer.echo, engine=engine)
     typer.echo(prediction_summary(table, failures, folder))
     unread = sum(f.kind == "image" for f in failures)
     lung = sum(f.kind == "lung_mask" for f in failures)
@@ -411,6 +412,20 @@ def predict_cmd(
         typer.echo(f"covfast: {lung} lung masks could not be used (listed above)", err=True)
     if failures:
         raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    run: RunArg,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for model.onnx and its sidecar model.json. Default: <run>/export.", show_default=False)] = None,
+) -> None:
+    """Export the run's best weights to ONNX (batch axis dynamic, the run's input size fixed) with a JSON sidecar of everything needed to use it without covfast; checked against PyTorch."""
+    from .export import TOLERANCE, export
+
+    path, sidecar, diff = export(run, out, load_config())
+    typer.echo(f"Wrote {path} and {path.with_name('model.json')} ({sidecar['exporter']}, opset {sidecar['opset']}); "
+               f"onnxruntime against PyTorch on {sidecar['checked']['images']} images: max |logit difference| "
+               f"{diff:.2e} (bound {TOLERANCE:g})")
 
 
 @app.command("demo")

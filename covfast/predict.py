@@ -83,6 +83,7 @@ def predict(
     progress=None,
     on_error=None,  # called with each `PredictFailure` as it happens
     say=None,  # called with one line of note (a run without the lung output and no --lung-masks)
+    engine: str = "torch",  # "torch", or "onnx": the run's `covfast export` through onnxruntime
 ) -> tuple[pd.DataFrame, list[PredictFailure], Path]:
     """Masks (0/255, input resolution), the model's lung masks, overlays (infection red, lungs outlined in cyan) and
     predictions.csv for new X-rays, with infection % of lung and its severity band; failures are reported, not fatal.
@@ -98,8 +99,14 @@ def predict(
         if out is not None and p.is_dir() and _inside(Path(out), p):
             raise CovfastError(f"--out {out} is inside the input folder {p}: a later run would read its masks and overlays "
                                f"as X-rays; choose an --out outside it")
+    if engine not in ("torch", "onnx"):
+        raise CovfastError(f"--engine {engine!r} is not one of torch, onnx")
     files = collect_images(paths)
-    learn, loaded = load_run(run, config.runs_dir, device, precision=config.precision)
+    learn, loaded = load_run(run, config.runs_dir, device if engine == "torch" else "cpu",
+                             precision=config.precision if engine == "torch" else "fp32")
+    if engine == "onnx":
+        from .export import load_onnx
+        learn.model = load_onnx(loaded)
     out = Path(out) if out else run_subdir(loaded.dir, "predictions", f"{datetime.now():%Y%m%d-%H%M%S}")
     if (out / "predictions.csv").exists():
         raise CovfastError(f"{out} already holds predictions.csv; choose another --out")

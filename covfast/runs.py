@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import pickle
@@ -23,7 +24,7 @@ from . import __version__
 from .errors import CovfastError
 from .spec import RunSpec
 
-__all__ = ["HISTORY_COLUMNS", "versions", "RunLock", "new_run_dir", "run_subdir", "read_run_config", "read_run", "finite_weights", "load_model_weights", "load_checkpoint", "resolve_run", "write_json", "read_json", "read_history",
+__all__ = ["HISTORY_COLUMNS", "versions", "RunLock", "new_run_dir", "run_subdir", "read_run_config", "read_run", "finite_weights", "load_model_weights", "load_checkpoint", "resolve_run", "sha256", "write_json", "read_json", "read_history",
            "write_history", "atomic_save", "plain", "load_weights"]
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "train_dice", "valid_dice_covid", "valid_dice_noncovid",
@@ -146,6 +147,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def sha256(path: str | Path) -> str:
+    "A file's SHA-256, read in 1 MB pieces."
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:

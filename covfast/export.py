@@ -1,0 +1,164 @@
+"""ONNX export: a run's best weights for onnxruntime, beside a JSON sidecar holding everything needed to use
+them without covfast (input size and normalisation, the outputs, the decision, the classes, the weights' hash).
+
+Exported with PyTorch's TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`), opset 17, in fp32
+and eval mode. The batch axis is dynamic; the input size is fixed at the run's own: fastai's DynamicUnet takes
+its shape branches (UnetBlock's resize of the upsampled features, ResizeToOrig) when it is traced, so
+resizing happens outside the graph, before (the X-ray to the input size) and after (the logits back to the
+X-ray's). PixelShuffle is exported as DepthToSpace; covfast's models use no spectral norm (no self-attention).
+Export checks itself: onnxruntime against PyTorch on a few images, the largest logit difference printed and
+bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from fastai.vision.core import imagenet_stats
+from torch import nn
+
+from . import __version__
+from .config import Config
+from .dataset import SPLITS, scan_tree
+from .errors import CovfastError
+from .inference import Run, _batch_pixels, _input_size, load_run, validation_batch
+from .outputs import ModelOutput, model_output
+from .runs import run_subdir, sha256, write_json
+
+__all__ = ["EXPORTER", "OPSET", "TOLERANCE", "export", "OnnxModel", "load_onnx"]
+
+EXPORTER = "torch.onnx.export, TorchScript-based exporter (dynamo=False)"
+OPSET = 17
+# the largest |logit difference| between onnxruntime and PyTorch that export accepts (fp32 both: measured
+# 5e-6 to 3e-5 on covfast's models)
+TOLERANCE = 1e-3
+
+
+def _onnx():
+    "onnxruntime, or one line naming the extra that brings it."
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime
+    except ImportError:
+        raise CovfastError('ONNX export and --engine onnx need onnx and onnxruntime: pip install "covfast[export]"') from None
+    return onnxruntime
+
+
+class _Tuple(nn.Module):
+    "The model with its outputs as a plain tuple, in `ModelOutput` order: what the exporter traces."
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(x))
+
+
+def _check_images(learn, run: Run, n: int = 4) -> torch.Tensor:
+    "A few of the run's own X-rays as the model sees them (validation transforms); random inputs without its data."
+    size = _input_size(learn)
+    try:
+        items = scan_tree(run.spec.data_root, SPLITS, run.spec.classes).groupby("label").head(max(1, n // 3)).head(n)
+    except CovfastError:
+        items = pd.DataFrame()
+    if len(items):
+        return validation_batch(learn, _batch_pixels(items, size, False))[0].as_subclass(torch.Tensor).float().contiguous()
+    return torch.randn(n, 3, size[1], size[0], generator=torch.Generator().manual_seed(0))
+
+
+def export(
+    run: str | Path,  # run directory or its name under runs_dir
+    out: str | Path | None = None,  # folder for model.onnx and model.json (default: <run>/export)
+    config: Config | None = None,  # for runs_dir
+) -> tuple[Path, dict[str, Any], float]:
+    "Write the run's model.pth as model.onnx with its sidecar model.json; returns the ONNX path, the sidecar and the check's max |logit difference|."
+    ort = _onnx()
+    config = config or Config()
+    learn, loaded = load_run(run, config.runs_dir, device="cpu", precision="fp32")
+    model = learn.model.eval().to(memory_format=torch.contiguous_format)
+    out = Path(out) if out else run_subdir(loaded.dir, "export")
+    out.mkdir(parents=True, exist_ok=True)
+    width, height = _input_size(learn)
+    x = _check_images(learn, loaded)
+    with torch.no_grad():
+        reference = model(x)
+    names = list(reference.names)
+    path = out / "model.onnx"
+    wrapped = _Tuple(model).eval()  # eval: the exporter restores the wrapper's mode, and the model's with it
+    with warnings.catch_warnings():  # the TorchScript exporter's notes on traced shape branches: the size is fixed
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, (x[:1],), str(path), input_names=["image"], output_names=names, opset_version=OPSET,
+                          dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": x.numpy()})
+    diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, reference))
+    if not diff <= TOLERANCE:
+        raise CovfastError(f"{path}: onnxruntime's logits differ from PyTorch's by up to {diff:.2e} (more than "
+                           f"{TOLERANCE:g}); the export is not faithful, do not use it")
+    mean, std = imagenet_stats
+    decision = loaded.decision
+    sidecar = {
+        "model": "model.onnx", "covfast_version": __version__, "exporter": EXPORTER, "opset": OPSET,
+        "arch": loaded.spec.arch, "weights_sha256": sha256(loaded.dir / "model.pth"), "run": loaded.name,
+        "input": {"name": "image", "shape": ["batch", 3, height, width], "dtype": "float32",
+                  "from_xray": (f"read the X-ray as 8-bit grayscale, resize it to {width}x{height} (bilinear, no aspect "
+                                f"kept), repeat it over 3 channels, divide by 255, subtract mean and divide by std per channel"),
+                  "mean": list(mean), "std": list(std)},
+        "outputs": {
+            "infection": "logits (batch, 2, H, W): channel 1 infection, channel 0 background; infection where 1 > 0",
+            **({"covid": "logit (batch,): this X-ray has COVID-19 infection; sigmoid gives the probability"}
+               if "covid" in names else {}),
+            **({"lung": "logits (batch, 2, H, W): channel 1 lung, channel 0 background"} if "lung" in names else {}),
+        },
+        "to_xray": "upsample the logits (bilinear) to the X-ray's size before taking the masks",
+        "decision": {"threshold": decision.threshold, "rule": "an X-ray whose probability is at or below the threshold "
+                     "gets an empty infection mask", "inside_lungs": bool(decision.inside_lungs and "lung" in names),
+                     "calibrated_on": decision.split},
+        "classes": list(loaded.spec.classes), "checked": {"images": len(x), "max_abs_logit_difference": diff,
+                                                          "tolerance": TOLERANCE},
+    }
+    write_json(out / "model.json", sidecar)
+    return path, sidecar, diff
+
+
+class OnnxModel:
+    "An exported model through onnxruntime, called as covfast calls its PyTorch models: images in, `ModelOutput` out."
+
+    def __init__(self, path: str | Path, names: list[str]):
+        ort = _onnx()
+        self.path, self.names = Path(path), names
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> ModelOutput:
+        outputs = self.session.run(None, {"image": x.detach().float().contiguous().cpu().numpy()})
+        return model_output(**{n: torch.from_numpy(o) for n, o in zip(self.names, outputs)})
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def to(self, *args, **kwargs) -> "OnnxModel":
+        return self
+
+
+def load_onnx(run: Run) -> OnnxModel:
+    "A run's exported model (<run>/export), checked to be of the run's current weights."
+    folder = run.dir / "export"
+    if not (folder / "model.onnx").is_file() or not (folder / "model.json").is_file():
+        raise CovfastError(f"{run.dir} has no ONNX export; run `covfast export {run.name}` first")
+    try:
+        sidecar = json.loads((folder / "model.json").read_text())
+        names = list(sidecar["outputs"])
+    except (ValueError, KeyError, TypeError):
+        raise CovfastError(f"{folder / 'model.json'} is not the sidecar covfast export writes; run `covfast export "
+                           f"{run.name}` again") from None
+    if sidecar.get("weights_sha256") != sha256(run.dir / "model.pth"):
+        raise CovfastError(f"{folder / 'model.onnx'} was exported from other weights than {run.dir / 'model.pth'}; run "
+                           f"`covfast export {run.name}` again")
+    return OnnxModel(folder / "model.onnx", names)
