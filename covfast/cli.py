@@ -428,6 +428,20 @@ def export_cmd(
                f"{diff:.2e} (bound {TOLERANCE:g})")
 
 
+@app.command("serve")
+def serve_cmd(
+    run: RunArg,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="The port to serve on.")] = 7860,
+    host: Annotated[str, typer.Option("--host", help="The address to bind: 127.0.0.1 keeps the page on this machine; 0.0.0.0 shares it with your network.")] = "127.0.0.1",
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+) -> None:
+    """A web page to drop an X-ray on (PNG, JPEG, DICOM): the run's outline of infection and lungs, its decision and severity, the mask to download."""
+    from .serve import serve
+
+    serve(run, host, port, load_config(precision=precision), device=device, say=typer.echo)
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Empty or new folder for the demo's data, runs and comparison. Default: runs/demo.", show_default=False)] = None,

@@ -20,8 +20,8 @@ from .inference import iter_outputs, load_run
 from .metrics import infection_pct, severity_band_name
 from .runs import run_subdir
 
-__all__ = ["IMAGE_SUFFIXES", "COLUMNS", "CAPTION_NOTE", "collect_images", "PredictFailure", "predict", "caption",
-           "prediction_summary"]
+__all__ = ["IMAGE_SUFFIXES", "COLUMNS", "CAPTION_NOTE", "collect_images", "PredictFailure", "Outline", "outline", "predict",
+           "caption", "prediction_summary"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
 # the end of every overlay's caption
@@ -133,36 +133,19 @@ def predict(
         except Exception as e:  # PIL raises many types for a file that is not an image
             fail("image", f, f"{e.__class__.__name__}: {str(e)[:100]}")
     rows, taken = [], set()
-    decision = loaded.decision
     if good:
         items = pd.DataFrame({"image": [str(f) for f in good]})
         for i, output, _ in iter_outputs(learn, items, bs=config.bs, progress=progress):
             f = good[i]
-            gray = _cached_xray(str(f))
-            mask = decision.mask(output, gray.shape)
-            prob = image_probability(output)
+            given = _given_lung(Path(lung_masks) / f.name, _cached_xray(str(f)).shape, fail) if lung_masks else None
+            result = outline(output, _cached_xray(str(f)), loaded.decision, given)
             stem = _unique_stem(f, taken)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}.png")
-            predicted = predicted_lung(output, gray.shape)
-            lung, source = (predicted[0].cpu().numpy(), "predicted") if predicted is not None else (None, "")
-            if predicted is not None:
-                Image.fromarray(lung.astype(np.uint8) * 255).save(out / "lungs" / f"{stem}.png")
-            if lung_masks is not None:
-                given = _given_lung(Path(lung_masks) / f.name, mask.shape, fail)
-                if given is not None:
-                    lung, source = given, "given"
-            pct = infection_pct(mask, lung) if lung is not None else float("nan")
-            Image.fromarray(captioned(overlay(gray, mask, lung=lung), caption(prob, decision.threshold, mask, pct))).save(
-                out / "overlays" / f"{stem}.png")
-            rows.append({"file": str(f), "width": gray.shape[1], "height": gray.shape[0],
-                         # the image head's probability and the run's decision on it (NaN / blank for runs without the head)
-                         "p_covid": float(prob[0]) if prob is not None else float("nan"),
-                         "decision": ("" if prob is None else "COVID-19 infection" if prob[0] > decision.threshold
-                                      else "no COVID-19 infection"),
-                         "infected_pixels": int(mask.sum()), "infection_pct_image": 100.0 * mask.mean(),
-                         "lung_pixels": int(lung.sum()) if lung is not None else None, "infection_pct_of_lung": pct,
-                         "severity_band": severity_band_name(pct) if lung is not None else "", "lung_source": source,
-                         "mask": f"masks/{stem}.png", "lung_mask": f"lungs/{stem}.png" if predicted is not None else "",
+            Image.fromarray(result.mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}.png")
+            if result.predicted_lung is not None:
+                Image.fromarray(result.predicted_lung.astype(np.uint8) * 255).save(out / "lungs" / f"{stem}.png")
+            Image.fromarray(captioned(result.overlay, result.caption)).save(out / "overlays" / f"{stem}.png")
+            rows.append({"file": str(f), **result.row(), "mask": f"masks/{stem}.png",
+                         "lung_mask": f"lungs/{stem}.png" if result.predicted_lung is not None else "",
                          "overlay": f"overlays/{stem}.png"})
     table = pd.DataFrame(rows, columns=COLUMNS)
     # four decimals say all a probability or a percentage of these masks can (17 digits said noise)
@@ -184,6 +167,42 @@ def prediction_summary(table: pd.DataFrame, failures: list[PredictFailure], fold
     outlined = int((table.infected_pixels > 0).sum())
     return (f"{len(table) + unread} X-rays: {outlined} outlined, {len(table) - outlined} left empty, {unread} could not "
             f"be read. Masks, overlays and predictions.csv are in {folder}")
+
+
+@dataclass
+class Outline:
+    "What covfast says of one X-ray: its masks at the X-ray's resolution, the decision and severity, the overlay."
+    gray: np.ndarray  # the X-ray, (H, W) uint8
+    mask: np.ndarray  # the infection, (H, W) bool, after the decision
+    prob: float  # the image head's probability (NaN without the head)
+    decided: str  # "COVID-19 infection", "no COVID-19 infection", or "" without the head
+    lung: np.ndarray | None  # the lungs severity is measured with (given, else the model's own), or None
+    lung_source: str  # "given", "predicted" or ""
+    predicted_lung: np.ndarray | None  # the model's own lungs, or None
+    pct: float  # infection % of lung (NaN: no lungs to measure with, or empty ones)
+    overlay: np.ndarray  # RGB: infection red, lungs outlined cyan
+    caption: str  # what the overlay files carry below the picture
+
+    def row(self) -> dict:
+        "Its figures, as predictions.csv holds them."
+        return {"width": self.gray.shape[1], "height": self.gray.shape[0], "p_covid": self.prob, "decision": self.decided,
+                "infected_pixels": int(self.mask.sum()), "infection_pct_image": 100.0 * self.mask.mean(),
+                "lung_pixels": int(self.lung.sum()) if self.lung is not None else None, "infection_pct_of_lung": self.pct,
+                "severity_band": severity_band_name(self.pct) if self.lung is not None else "",
+                "lung_source": self.lung_source}
+
+
+def outline(output, gray: np.ndarray, decision, given_lung: np.ndarray | None = None) -> Outline:
+    "One X-ray's `Outline` from the model's outputs for it (a batch of 1, `inference.iter_outputs`) and the run's decision."
+    mask = decision.mask(output, gray.shape)
+    prob = image_probability(output)
+    predicted = predicted_lung(output, gray.shape)
+    predicted = predicted[0].cpu().numpy() if predicted is not None else None
+    lung, source = (given_lung, "given") if given_lung is not None else (predicted, "predicted" if predicted is not None else "")
+    pct = infection_pct(mask, lung) if lung is not None else float("nan")
+    decided = "" if prob is None else "COVID-19 infection" if prob[0] > decision.threshold else "no COVID-19 infection"
+    return Outline(gray, mask, float(prob[0]) if prob is not None else float("nan"), decided, lung, source, predicted,
+                   pct, overlay(gray, mask, lung=lung), caption(prob, decision.threshold, mask, pct))
 
 
 def _given_lung(path: Path, shape: tuple[int, int], fail) -> np.ndarray | None:
