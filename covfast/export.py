@@ -31,7 +31,7 @@ from .inference import Run, _batch_pixels, _input_size, load_run, validation_bat
 from .outputs import ModelOutput, model_output
 from .runs import run_subdir, sha256, write_json
 
-__all__ = ["EXPORTER", "OPSET", "TOLERANCE", "export", "OnnxModel", "load_onnx"]
+__all__ = ["EXPORTER", "OPSET", "TOLERANCE", "to_onnx", "export", "OnnxModel", "load_onnx"]
 
 EXPORTER = "torch.onnx.export, TorchScript-based exporter (dynamo=False)"
 OPSET = 17
@@ -59,6 +59,18 @@ class _Tuple(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.model(x))
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    "`model` (eval, fp32) as ONNX at `path`: its outputs by their names, the batch axis dynamic, the rest fixed by `example`."
+    with torch.no_grad():
+        names = list(model(example).names)
+    wrapped = _Tuple(model).eval()  # eval: the exporter restores the wrapper's mode, and the model's with it
+    with warnings.catch_warnings():  # the TorchScript exporter's notes on traced shape branches: the size is fixed
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, (example,), str(path), input_names=["image"], output_names=names, opset_version=OPSET,
+                          dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}, dynamo=False)
+    return path
 
 
 def _check_images(learn, run: Run, n: int = 4) -> torch.Tensor:
@@ -90,12 +102,7 @@ def export(
     with torch.no_grad():
         reference = model(x)
     names = list(reference.names)
-    path = out / "model.onnx"
-    wrapped = _Tuple(model).eval()  # eval: the exporter restores the wrapper's mode, and the model's with it
-    with warnings.catch_warnings():  # the TorchScript exporter's notes on traced shape branches: the size is fixed
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, (x[:1],), str(path), input_names=["image"], output_names=names, opset_version=OPSET,
-                          dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}, dynamo=False)
+    path = to_onnx(model, x[:1], out / "model.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": x.numpy()})
     diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, reference))
