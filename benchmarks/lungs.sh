@@ -25,7 +25,8 @@ for arch in ${ARCHS:-attention-unet resnet34}; do
         covfast train "$arch" --data "$data" --size 128 --epochs 6 --bs 8 --no-pretrained --classes all \
           --seed "$seed" --lung-weight "$weight" --name "$name" $(recipe "$arch")
       fi
-      [ -f "$runs_dir/$name/model.pth" ] || continue
+      grep -q '"status": "complete"' "$runs_dir/$name/config.json" 2>/dev/null || continue  # not (yet) trained
+      [ -f "$runs_dir/$name/bench/ceiling.txt" ] && [ "${AGAIN:-0}" = 0 ] && { names+=("$name"); continue; }  # scored before
       names+=("$name")
       out="$runs_dir/$name/bench"
       mkdir -p "$out"

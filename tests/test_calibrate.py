@@ -103,6 +103,7 @@ def test_calibrate_picks_the_threshold_hand_made_scores_say(synth_root, tmp_path
     assert both.exit_code == 2 and "one target" in both.stderr
 
 
+@pytest.mark.slow
 def test_calibrate_writes_the_threshold_and_evaluate_uses_it(synth_root, tmp_path, fake_run):
     # every pixel of every image has margin logit1 - logit0 = 2, so every image's evidence is 2:
     # emptying half the empty-truth Train images needs threshold 2, which empties every image
@@ -133,6 +134,7 @@ def test_calibrate_writes_the_threshold_and_evaluate_uses_it(synth_root, tmp_pat
     assert forced.exit_code == 0 and json.loads((run / "calibration.json").read_text())["target_value"] == 0.2
 
 
+@pytest.mark.slow
 def test_report_after_calibrate_shows_the_new_thresholds_numbers(synth_root, tmp_path, fake_run):
     "Stored evaluation results are reused only while the weights, threshold and data root they came from hold."
     run = fake_run(tmp_path, synth_root, "everywhere", infection=True)

@@ -19,6 +19,7 @@ def test_paired_differences_by_hand():
     assert table.loc["All", ["b_better", "a_better", "ties"]].tolist() == [1, 1, 1]
 
 
+@pytest.mark.slow
 def test_compare_two_runs_writes_its_files(synth_root, tmp_path, monkeypatch, fake_run):
     monkeypatch.chdir(tmp_path)
     fake_run(tmp_path, synth_root, "everywhere", infection=True)

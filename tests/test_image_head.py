@@ -23,7 +23,8 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.mark.parametrize("arch", ["attention-unet", "resnet18", "timm/resnet18"])  # the three families
+@pytest.mark.parametrize("arch", ["attention-unet", pytest.param("resnet18", marks=pytest.mark.slow),
+                                  pytest.param("timm/resnet18", marks=pytest.mark.slow)])  # the three families
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (64, 96)])
 def test_every_model_family_returns_its_outputs_by_name(arch, size):
     "The infection logits, the image logit and the lung logits, each at its own shape; each output one flag away."
@@ -39,6 +40,7 @@ def test_every_model_family_returns_its_outputs_by_name(arch, size):
     assert plain.names == ("infection",) and plain.infection.shape == (1, 2, *size) and plain.get("covid") is None
 
 
+@pytest.mark.slow
 def test_the_head_learns_from_the_dynamic_unets_deepest_features():
     "Its gradient reaches the encoder: the head sits on the encoder's output, not on the decoder's."
     model = build_model(RunSpec("resnet18", img_size=32))

@@ -35,6 +35,7 @@ def test_bad_widths_raise():
         AttentionUNet(3, 2, features=(8,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "timm/resnet18"])
 def test_dynamic_unet_shapes(arch):
     model = build_model(RunSpec(arch, img_size=64, cls_weight=0)).eval()

@@ -60,6 +60,7 @@ class DtypeWatch(Callback):
 seen = []
 
 
+@pytest.mark.slow
 def test_a_bf16_run_records_its_precision_and_scores_in_fp32(synth_root, tmp_path):
     seen.clear()
     config = Config(img_size=32, bs=4, epochs=1, lr="3e-3", runs_dir=str(tmp_path / "runs"), precision="bf16")
@@ -72,6 +73,7 @@ def test_a_bf16_run_records_its_precision_and_scores_in_fp32(synth_root, tmp_pat
     assert read_json(fp32 / "config.json")["precision"] == "fp32"
 
 
+@pytest.mark.slow
 def test_a_bf16_run_evaluates_and_predicts_identically_twice(synth_root, tmp_path):
     config = Config(img_size=32, bs=4, epochs=2, lr="3e-3", runs_dir=str(tmp_path / "runs"), precision="bf16")
     train("attention-unet", synth_root, config, name="b")

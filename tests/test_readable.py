@@ -38,6 +38,7 @@ def test_an_all_empty_prediction_scores_0_on_the_model_choice():
     assert stats.dice() == pytest.approx(4 / 6) and stats.empty_left() == 1.0 and stats.score() == 0.0
 
 
+@pytest.mark.slow
 def test_the_done_line_says_which_epoch_model_pth_holds_and_its_covid_dice(synth_root, tmp_path):
     result = cli("train", "attention-unet", "--data", synth_root, "--size", "32", "--bs", "4", "--epochs", "1",
                  "--features", "4,8", "--lr", "3e-3", "--name", "one")
@@ -53,6 +54,7 @@ def test_the_done_line_says_which_epoch_model_pth_holds_and_its_covid_dice(synth
     assert rows == ["1"], rows
 
 
+@pytest.mark.slow
 def test_lr_find_caps_its_iterations_by_the_data_and_marks_its_suggestions(synth_root):
     from covfast.learner import learner_for_spec
     from covfast.spec import RunSpec

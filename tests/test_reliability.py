@@ -44,6 +44,7 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_diverged_run_stops_says_so_and_keeps_no_nan_weights(synth_root, tmp_path):
     result = cli("train", "attention-unet", "--data", synth_root, "--size", 32, "--bs", 4, "--epochs", 2,
                  "--lr", "1e9", "--name", "nan")
@@ -75,6 +76,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow
 def test_one_writer_per_run_directory(synth_root, tmp_path):
     run = train("attention-unet", synth_root, Config(img_size=32, bs=4, epochs=2, lr="3e-3", runs_dir="runs"),
                 name="r", features=(4, 8), keep_checkpoint=True)
@@ -113,6 +115,7 @@ train(RunSpec("attention-unet", data_root=sys.argv[1], img_size=32, bs=4, epochs
 """
 
 
+@pytest.mark.slow
 def test_a_kill_between_checkpoint_and_history_still_resumes_to_the_uninterrupted_run(synth_root, tmp_path):
     "SIGKILL right after checkpoint.pth of epoch 2 is replaced, before history.csv: resume continues, bit for bit."
     killed = subprocess.run([sys.executable, "-c", KILL_AT_BOUNDARY, str(synth_root)], capture_output=True, text=True)
@@ -131,6 +134,7 @@ def test_a_kill_between_checkpoint_and_history_still_resumes_to_the_uninterrupte
     assert resumed[cols].to_numpy().tolist() == uninterrupted[cols].to_numpy().tolist()  # float equality
 
 
+@pytest.mark.slow
 def test_resume_refuses_settings_it_cannot_change(synth_root, tmp_path):
     from tests.test_train import InterruptAfter  # noqa: F401 (a tiny interrupted run)
     with pytest.raises(KeyboardInterrupt):
@@ -186,6 +190,7 @@ def test_predict_goes_on_past_bad_lung_masks(synth_root, tmp_path, fake_run):
                     "nowhere", "not a folder")
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_tree_that_holds_only_its_test_split(synth_root, tmp_path, fake_run):
     import shutil
     external = tmp_path / "hospital"
@@ -233,6 +238,7 @@ def test_data_check_refuses_a_jpeg_named_png(synth_copy):
     assert result.exit_code == 2 and p.name in result.stderr and "JPEG" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_files_follow_the_users_umask(synth_root, tmp_path):
     old = os.umask(0o022)
     try:

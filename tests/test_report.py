@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 import pandas as pd
 from typer.testing import CliRunner
 
@@ -11,6 +13,7 @@ from covfast.runs import HISTORY_COLUMNS
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_report_links_only_existing_files(synth_root, tmp_path, monkeypatch, fake_run):
     monkeypatch.chdir(tmp_path)
     run = fake_run(tmp_path, synth_root, "everywhere", infection=True)
@@ -100,6 +103,7 @@ def test_case_figure_titles_fit_inside_the_figure(tmp_path):
     matplotlib.pyplot.close(fig)
 
 
+@pytest.mark.slow
 def test_report_tables_read_as_plain_words_with_every_column_defined(synth_root, tmp_path, monkeypatch, fake_run):
     "Settings as values a person writes; every column heading with a definition (hover) and a legend entry."
     from html.parser import HTMLParser

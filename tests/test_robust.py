@@ -46,6 +46,7 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_the_calibration_split_is_refused_however_its_root_is_written(synth_root, tmp_path, fake_run):
     fake_run(tmp_path, synth_root, "h", infection=True, image_logit=1.0, threshold=0.5)
     # the data root as the folder that holds the tree, and as the tree itself: the same Val images
@@ -79,6 +80,7 @@ def test_writes_into_a_run_stay_inside_it(synth_root, tmp_path, fake_run, folder
     assert hashes(elsewhere) == {"index.html": hashlib.sha256(b"someone else's page").hexdigest()}
 
 
+@pytest.mark.slow
 def test_an_empty_name_is_refused_and_a_stillborn_run_folder_trained_again(synth_root, tmp_path):
     one_line_exit_2(cli("train", "attention-unet", "--data", synth_root, "--name", " "), "--name is empty")
     assert not (tmp_path / "runs").exists()
@@ -111,6 +113,7 @@ def test_a_config_json_with_wrong_types_is_one_line_naming_the_field(synth_root,
     one_line_exit_2(cli("evaluate", "r", "--split", "Test"), "config.json")
 
 
+@pytest.mark.slow
 def test_weights_and_checkpoints_that_are_not_covfasts_are_one_line(synth_root, tmp_path, fake_run):
     run = fake_run(tmp_path, synth_root, "r", infection=True)
     text = tmp_path / "notes.txt"
@@ -166,6 +169,7 @@ def test_paths_the_machine_refuses_are_one_line(synth_root, tmp_path, fake_run):
         one_line_exit_2(cli("predict", "r", images, "--out", locked / "out"), "locked")
 
 
+@pytest.mark.slow
 def test_compare_scores_again_a_per_image_table_it_cannot_trust(synth_root, tmp_path, fake_run):
     fake_run(tmp_path, synth_root, "a", infection=True)
     fake_run(tmp_path, synth_root, "b", infection=False)
@@ -184,6 +188,7 @@ def test_a_refused_demo_leaves_nothing_behind(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_keeps_the_last_weights_and_the_run_resumes(synth_root, tmp_path, monkeypatch):
     "ENOSPC while writing epoch 2's checkpoint: one line, epoch 1's files intact, and --resume gives the uninterrupted run."
     import covfast.callbacks as callbacks

@@ -39,6 +39,7 @@ class _Built(Exception):
 
 @pytest.mark.parametrize("flags", [[], ["--cls-weight", "0"], ["--cls-weight", "1.5", "--dice-weight", "3"],
                                    ["--features", "4,8,16"], ["--no-augment", "--precision", "fp32", "--lung-weight", "0"]])
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["attention-unet", "resnet18"])
 def test_lr_find_and_train_build_the_same_model_from_the_same_flags(synth_root, monkeypatch, arch, flags):
     if arch != "attention-unet" and "--features" in flags:
@@ -100,6 +101,7 @@ def test_resume_refuses_each_changed_setting_naming_it(interrupted, monkeypatch,
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing written
 
 
+@pytest.mark.slow
 def test_resume_with_the_runs_own_values_and_the_retired_ones(interrupted, synth_root, monkeypatch):
     monkeypatch.chdir(interrupted)
     named = cli("train", "attention-unet", "--resume", "cut", "--name", "other")
@@ -179,6 +181,7 @@ def test_a_run_written_before_the_run_spec_still_evaluates_and_predicts_the_same
         assert refused.exit_code == 2 and "empty_weight=0.5" in refused.stderr and "cannot be resumed" in refused.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "timm/resnet18", "attention-unet"])
 @pytest.mark.parametrize("head", [False, True])
 def test_weights_saved_by_the_model_before_named_outputs_load(arch, head):

@@ -110,6 +110,7 @@ class InterruptAfter(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_resume_continues_the_schedule(synth_root, tmp_path):
     config = tiny(tmp_path, epochs=3)
     full = train("attention-unet", synth_root, config, name="full")
@@ -137,6 +138,7 @@ class Payload:
         return (print, ("pwned",))
 
 
+@pytest.mark.slow
 def test_weights_with_pickle_payload_are_refused(synth_root, tmp_path):
     bad = tmp_path / "evil.pth"
     torch.save({"model": Payload()}, bad)
@@ -175,6 +177,7 @@ def test_lr_auto_runs_lr_find_into_the_run(synth_root, tmp_path):
     assert not (run / "models").exists()  # lr_find's scratch save stays out of the run directory
 
 
+@pytest.mark.slow
 def test_features_option_sets_the_attention_unet_widths(synth_root, tmp_path):
     result = cli("train", "attention-unet", "--data", synth_root, "--size", 32, "--bs", 4, "--epochs", 1,
                  "--features", "4,8,16", "--name", "narrow")
@@ -188,6 +191,7 @@ def test_features_option_sets_the_attention_unet_widths(synth_root, tmp_path):
     assert wrong.exit_code == 2 and "attention-unet" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_no_augment_trains_on_plain_batches_and_is_recorded(synth_root, tmp_path):
     result = cli("train", "attention-unet", "--data", synth_root, "--size", 32, "--bs", 4, "--epochs", 1,
                  "--features", "4,8", "--no-augment", "--name", "plain")
