@@ -2,9 +2,8 @@
 
 import re
 
-import pytest
-
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from covfast.cli import app
