@@ -51,7 +51,7 @@ from covfast.data import clear_cache, inference_dataloaders
 from covfast.dataset import scan_tree
 from covfast.decision import learner_decision
 from covfast.learner import learner_for_spec, pick_device
-from covfast.precision import Precision, cpu_runs_bf16, learner_precision, memory_format
+from covfast.precision import Precision, cpu_runs_bf16, learner_precision, memory_format, resolve_precision
 from covfast.losses import SegLoss
 from covfast.inference import iter_outputs
 from covfast.spec import RunSpec

@@ -9,7 +9,6 @@ import pandas as pd
 
 from .cases import infer_cases, report_case, report_picks
 from .config import Config
-from .decision import learner_decision
 from .evaluate import band_confusion, confusion_table, evaluated, reference_table
 from .figures import case_figure, plot_history, roc_figure, severity_figure
 from .inference import load_run

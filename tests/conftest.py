@@ -23,6 +23,13 @@ def synth_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    "Commands write runs/ relative to the working directory: keep it in the test's folder."
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
 def synth_copy(synth_root, tmp_path) -> Path:
     "A private copy of the synthetic tree that a test may damage."
     return Path(shutil.copytree(synth_root, tmp_path / "copy"))

@@ -7,24 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from covfast.cli import app
-from covfast.dataset import DATASET_DIR
-from tests.helpers import train
 from covfast.config import Config
+from covfast.dataset import DATASET_DIR
+from tests.helpers import cli, train
 
 pytest.importorskip("onnxruntime")
-runner = CliRunner()
 
 
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 @pytest.mark.slow

@@ -6,25 +6,18 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from covfast.cli import app
 from covfast.data import covid_dataloaders
 from covfast.dataset import DATASET_DIR
 from covfast.decision import Decision, predicted_lung
 from covfast.metrics import NO_LUNGS, infection_pct, severity_band_name
 from covfast.outputs import model_output
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.helpers import cli
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+
+
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 def test_batches_carry_the_lung_masks_augmented_with_the_xray(synth_root):

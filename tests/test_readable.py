@@ -8,22 +8,16 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from covfast.cli import app
 from covfast.dataset import DATASET_DIR
 from covfast.metrics import SegmentationStats, model_choice_score
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.helpers import cli
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+
+
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 def test_an_all_empty_prediction_scores_0_on_the_model_choice():
@@ -95,7 +89,7 @@ def test_predict_ends_with_its_counts_and_captions_its_overlays(synth_root, tmp_
     (folder / "broken.png").write_text("not an image")
     result = cli("predict", "h", folder, "--out", "p")
     assert result.exit_code == 1
-    assert f"3 X-rays: 0 outlined, 2 left empty, 1 could not be read. Masks, overlays and predictions.csv are in p" in result.stdout
+    assert "3 X-rays: 0 outlined, 2 left empty, 1 could not be read. Masks, overlays and predictions.csv are in p" in result.stdout
     table = pd.read_csv(tmp_path / "p" / "predictions.csv")
     assert table.p_covid.tolist() == [0.7311, 0.7311]  # 4 decimals
     overlay = np.asarray(Image.open(tmp_path / "p" / table.overlay[0]))
@@ -112,4 +106,4 @@ def test_help_shows_values_not_setting_names():
     assert helps["--bs"].endswith("Default: 8 (settings.ini / COVFAST_BS).")
     assert "Default: 1e-3 (settings.ini / COVFAST_LR)." in helps["--lr"] and helps["--cls-weight"].endswith("Default: 0.3.")
     assert not any(h.endswith(("Default: bs.", "Default: lr.", "Default: precision.")) for h in helps.values())
-    assert "--fp16" not in runner.invoke(app, ["train", "--help"]).stdout  # its old name is hidden
+    assert "--fp16" not in cli("train", "--help").stdout  # its old name is hidden

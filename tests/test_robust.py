@@ -13,18 +13,12 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from covfast.cli import app
 from covfast.config import Config
 from covfast.dataset import DATASET_DIR
-from tests.helpers import train
-
-runner = CliRunner()
+from tests.helpers import cli, one_line_exit_2, train
 
 
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def hashes(folder):
@@ -33,17 +27,8 @@ def hashes(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def one_line_exit_2(result, *needles):
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and "Traceback" not in result.output, lines
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 @pytest.mark.slow

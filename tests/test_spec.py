@@ -7,30 +7,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import covfast.train as train_mod
-from covfast.cli import app
 from covfast.config import Config
 from covfast.errors import CovfastError
 from covfast.learner import build_model
 from covfast.runs import load_model_weights, read_run
 from covfast.spec import FLAGS, RunSpec
-from tests.helpers import train
+from tests.helpers import cli, train
 from tests.test_train import InterruptAfter
 
-runner = CliRunner()
 OLD_RUNS = Path(__file__).parent / "data" / "old-runs"
 TINY = ["--size", "32", "--bs", "4", "--no-pretrained"]
 
 
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 class _Built(Exception):
