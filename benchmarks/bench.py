@@ -158,7 +158,8 @@ class BareStep:
         t = time.perf_counter()
         self.opt.zero_grad()
         with autocast(self.device, self.precision):
-            loss = self.loss_func(self.model(self.x).map(lambda t: t.float()), self.y)  # the loss in fp32, as in the learner
+            out = self.model(self.x).map(lambda t: t.float())  # the loss in fp32, as in the learner
+            loss = self.loss_func(out, self.y, self.y if out.has("lung") else None)  # a lung target where the loop has one
         loss.backward()
         self.opt.step()
         sync(self.device)

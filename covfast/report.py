@@ -9,6 +9,7 @@ import pandas as pd
 
 from .cases import infer_cases, report_case, report_picks
 from .config import Config
+from .dataset import canonical_root
 from .evaluate import band_confusion, confusion_table, evaluated, reference_table
 from .figures import case_figure, plot_history, roc_figure, severity_figure
 from .inference import load_run
@@ -56,7 +57,11 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
     pooled = (f"<p class='note'>Pooled Dice adds up pixels over all a row's images. {' and '.join(empty_classes)} images "
               f"have no infection pixels at all, so their pooled Dice is 0 as soon as any one of them is outlined, "
               f"however many are left empty; their per-image Dice is the share left empty.</p>" if empty_classes else "")
-    sections.append((f"Evaluation on {split}", html_table(summary[cols]) + pooled + reference))
+    scored = canonical_root(data or spec.data_root)
+    where = (f"<p class='note'>Scored on the {html.escape(split)} images of {html.escape(scored)}"
+             + ("" if scored == canonical_root(spec.data_root) else
+                f", not the data the run was trained on ({html.escape(spec.data_root)})") + ".</p>")
+    sections.append((f"Evaluation on {split}", where + html_table(summary[cols]) + pooled + reference))
     if "p_covid" in per_image and per_image.p_covid.notna().all():
         threshold = decision.threshold
         roc_figure(per_image, threshold, out / "roc.png")

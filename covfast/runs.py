@@ -165,8 +165,9 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
 def read_json(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CovfastError(f"cannot read {path}: {str(e).splitlines()[0][:150]}; it is not the JSON covfast writes") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        first = str(e).splitlines()[0][:150] if str(e) else e.__class__.__name__
+        raise CovfastError(f"cannot read {path}: {first}; it is not the JSON covfast writes") from None
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:

@@ -199,3 +199,16 @@ def test_a_full_disk_while_saving_keeps_the_last_weights_and_the_run_resumes(syn
     a, b = pd.read_csv(full / "history.csv"), pd.read_csv(cut / "history.csv")
     cols = ["train_loss", "valid_loss", "train_dice", "valid_dice_mean", "lr"]
     assert b.epoch.tolist() == [1, 2, 3] and b[cols].to_numpy().tolist() == a[cols].to_numpy().tolist()
+
+
+def test_a_config_json_nested_past_what_json_reads_is_one_line(synth_root, tmp_path, fake_run):
+    run = fake_run(tmp_path, synth_root, "r", infection=True)
+    (run / "config.json").write_text("[" * 100000 + "]" * 100000)
+    one_line_exit_2(cli("evaluate", "r", "--split", "Test"), "config.json", "not the JSON covfast writes")
+
+
+def test_a_report_on_other_data_names_that_data(synth_root, synth_copy, tmp_path, fake_run):
+    fake_run(tmp_path, synth_root, "r", infection=True)
+    assert cli("report", "r", "--split", "Test", "--data", synth_copy).exit_code == 0
+    page = (tmp_path / "runs" / "r" / "report" / "index.html").read_text()
+    assert str(synth_copy / DATASET_DIR) in page and "not the data the run was trained on" in page
