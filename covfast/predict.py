@@ -153,11 +153,10 @@ def predict(
     return table, failures, out
 
 
-def caption(prob, threshold: float, mask: np.ndarray, pct: float) -> str:
+def caption(decided: str, prob: float, mask: np.ndarray, pct: float) -> str:
     "An overlay's caption: the decision and its probability, the outline's share of the lungs, and what it is not."
-    said = ("" if prob is None else
-            f"{'COVID-19 infection' if float(prob[0]) > threshold else 'no COVID-19 infection'} (p {float(prob[0]):.2f}) · ")
-    share = (f"{pct:.1f}% of lung · " if pct == pct else "")
+    said = f"{decided} (p {prob:.2f}) · " if decided else ""
+    share = f"{pct:.1f}% of lung · " if pct == pct else ""
     return f"{said}{'outlined' if mask.any() else 'nothing outlined'} · {share}{CAPTION_NOTE}"
 
 
@@ -201,8 +200,9 @@ def outline(output, gray: np.ndarray, decision, given_lung: np.ndarray | None = 
     lung, source = (given_lung, "given") if given_lung is not None else (predicted, "predicted" if predicted is not None else "")
     pct = infection_pct(mask, lung) if lung is not None else float("nan")
     decided = "" if prob is None else "COVID-19 infection" if prob[0] > decision.threshold else "no COVID-19 infection"
-    return Outline(gray, mask, float(prob[0]) if prob is not None else float("nan"), decided, lung, source, predicted,
-                   pct, overlay(gray, mask, lung=lung), caption(prob, decision.threshold, mask, pct))
+    p = float(prob[0]) if prob is not None else float("nan")
+    return Outline(gray, mask, p, decided, lung, source, predicted, pct, overlay(gray, mask, lung=lung),
+                   caption(decided, p, mask, pct))
 
 
 def _given_lung(path: Path, shape: tuple[int, int], fail) -> np.ndarray | None:
