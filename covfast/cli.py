@@ -341,7 +341,7 @@ def calibrate_cmd(
     device: DeviceOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the run's existing calibration.json.")] = False,
     precision: PrecisionOpt = None,
-    inside_lungs: Annotated[Optional[bool], typer.Option("--inside-lungs/--anywhere", help="Keep predicted infection inside the model's own predicted lungs, or anywhere (runs with the lung output). Default: inside-lungs.", show_default=False)] = None,
+    inside_lungs: Annotated[Optional[bool], typer.Option("--inside-lungs/--anywhere", help="Keep predicted infection inside the model's own predicted lungs, or anywhere (runs with the lung output). Default: as the run was calibrated before; anywhere for a new run.", show_default=False)] = None,
 ) -> None:
     """Choose the run's decision threshold on Val at a target sensitivity or specificity (calibration.json); evaluate, report, compare and predict then use it."""
     from .calibrate import calibrate, calibration_text

@@ -74,7 +74,9 @@ class Decision:
     threshold: float = 0.5  # image probability at or below which the mask is empty (models with the image head)
     gate_topk: float = 0.0  # runs made before the head: the pixel-evidence gate's share of pixels; 0: no gate
     gate_margin: float = 0.0  # the gate's evidence threshold
-    inside_lungs: bool = True  # drop predicted infection outside the predicted lungs (models with the lung output)
+    # drop predicted infection outside the predicted lungs (models with the lung output). Off by default: on
+    # real data (docs/results.md) both Attention U-Net seeds scored exactly the same on Val either way
+    inside_lungs: bool = False
     split: str | None = None  # the split it was calibrated on; None: not calibrated
     data_root: str | None = None  # the data root of that split
 

@@ -39,9 +39,15 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def execute(path: Path, timeout: int = 900, nb: nbformat.NotebookNode | None = None) -> nbformat.NotebookNode:
-    "Run `path` (or `nb`, read from it) top to bottom in a scratch folder (its working files go there), outputs filled in."
+def execute(path: Path, timeout: int = 900, nb: nbformat.NotebookNode | None = None,
+            parameters: dict | None = None) -> nbformat.NotebookNode:
+    """Run `path` (or `nb`, read from it) top to bottom in a scratch folder (its working files go there), outputs
+    filled in. `parameters` (name: value) are set in a cell after the one tagged "parameters", as papermill does."""
     nb = nbformat.read(path, as_version=4) if nb is None else nb
+    if parameters:
+        where = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+        source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+        nb.cells.insert(where + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
     # the kernel without MPLBACKEND picks the inline backend, so figures land in the outputs; this process keeps it
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     with tempfile.TemporaryDirectory(prefix="covfast-nb-") as scratch:

@@ -50,7 +50,7 @@ def test_two_processes_train_one_whole_run(tmp_path):
     assert history.epoch.tolist() == [1, 2]
     assert history.notna().all().all()
     # weights saved without DDP's 'module.' prefix: they load into the bare model
-    AttentionUNet(3, 2, tuple(cfg["features"]), image_head=True).load_state_dict(load_weights(run / "model.pth"))
+    AttentionUNet(3, 2, tuple(cfg["features"]), image_head=True, lung_head=cfg["lung_weight"] > 0).load_state_dict(load_weights(run / "model.pth"))
 
     # the logged validation metrics are those of all 15 Val images once: one process validating
     # the last epoch's weights on the whole Val set gets the same values
@@ -59,7 +59,7 @@ def test_two_processes_train_one_whole_run(tmp_path):
     with learn.no_bar(), learn.no_logging():
         values = dict(zip(["valid_loss", *[m.name for m in learn.metrics]], learn.validate()))
     last = history.iloc[-1]
-    for key in ("valid_dice_covid", "valid_dice_noncovid", "valid_dice_normal", "valid_dice_mean", "valid_auc"):
+    for key in ("valid_dice_covid", "valid_dice_noncovid", "valid_dice_normal", "valid_dice_mean", "valid_auc", "valid_dice_lung"):
         assert values[key] == pytest.approx(last[key], abs=1e-6), key
     # fastai averages the loss over each process's batches, the padded image included (the metrics drop it):
     # 16 images' mean against 15's; with the image head's BCE in the loss that is 0.12% here

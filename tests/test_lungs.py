@@ -89,13 +89,13 @@ def test_predict_without_lung_masks_writes_the_models_lungs_and_severity(synth_r
 
 
 def test_an_empty_predicted_lung_leaves_severity_empty_and_inside_lungs_empties_the_outline(synth_root, tmp_path, fake_run):
-    fake_run(tmp_path, synth_root, "nolungs", infection=True, image_logit=2.0, lungs="nowhere")
+    fake_run(tmp_path, synth_root, "nolungs", infection=True, image_logit=2.0, lungs="nowhere", inside_lungs=True)
     images = synth_root / DATASET_DIR / "Test" / "COVID-19" / "images"
     assert cli("predict", "nolungs", images, "--out", "p").exit_code == 0
     table = pd.read_csv(tmp_path / "p" / "predictions.csv")
     assert (table.lung_pixels == 0).all() and table.infection_pct_of_lung.isna().all()
     assert set(table.severity_band) == {NO_LUNGS}
-    assert (table.infected_pixels == 0).all()  # the default decision keeps infection inside the (empty) lungs
+    assert (table.infected_pixels == 0).all()  # --inside-lungs keeps the infection inside the (empty) lungs
     # the same run with the infection anywhere: its outline stands, its severity still has no lungs to measure with
     fake_run(tmp_path, synth_root, "anywhere", infection=True, image_logit=2.0, lungs="nowhere", inside_lungs=False)
     assert cli("predict", "anywhere", images, "--out", "q").exit_code == 0
