@@ -46,6 +46,9 @@ def main() -> None:
                 times.append(time.perf_counter() - t)
                 print(f"upload to overlay: {times[-1]:.2f} s", flush=True)
             if args.screenshot:
+                # Gradio fades the outputs while a request is pending: wait until none is, then for the fade-in
+                tab.wait_for_function("!document.querySelector('.pending, .generating')", timeout=60000)
+                tab.wait_for_timeout(1000)
                 tab.screenshot(path=args.screenshot, full_page=True)
             browser.close()
     finally:

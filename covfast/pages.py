@@ -105,6 +105,8 @@ def plain_value(value) -> str:
         return "yes" if value else "no"
     if isinstance(value, (list, tuple)):
         return ", ".join(map(plain_value, value)) if value else "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"  # a threshold of 0.023507034406065937 reads as 0.02351
     return str(value)
 
 

@@ -35,9 +35,13 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
     settings = {"arch": spec.arch, "img_size": spec.img_size, "bs": spec.bs, "epochs": spec.epochs, "lr": spec.lr,
                 "lr_used": cfg.get("lr_used"), "classes": spec.classes, "seed": spec.seed, "pretrained": cfg.get("pretrained"),
                 "pretrained_reason": cfg.get("pretrained_reason"), "cls_weight": spec.cls_weight,
-                "threshold": decision.threshold, "gate_topk": spec.gate_topk, "gate_margin": decision.gate_margin,
-                "dice_weight": spec.dice_weight, "device": cfg.get("device"), "precision": cfg.get("precision"),
-                "data_root": spec.data_root, "status": cfg.get("status")}
+                "lung_weight": spec.lung_weight, "dice_weight": spec.dice_weight, "augment": spec.augment,
+                "threshold": decision.threshold,
+                **({"gate_topk": spec.gate_topk, "gate_margin": decision.gate_margin} if spec.gate_topk else {}),
+                **({"infection kept": "inside the predicted lungs" if decision.inside_lungs else "anywhere"}
+                   if spec.lung_weight else {}),
+                "device": cfg.get("device"), "precision": cfg.get("precision"), "data_root": spec.data_root,
+                "status": cfg.get("status")}
     sections.append(("Settings", html_table(pd.DataFrame({"setting": list(settings),
                                                           "value": [plain_value(v) for v in settings.values()]}))))
     history = read_history(run_dir)

@@ -10,16 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from covfast.cli import app
-from covfast.config import Config
-from covfast.demo import DEMO_SETTINGS, demo
-from covfast.evaluate import evaluate
-from covfast.synth import write_synthetic
-from tests.helpers import train
+from covfast.demo import demo
 
 runner = CliRunner()
 
 # .ci/newcomer runs the real `covfast demo`, checks both models learned, then runs the README's commands
-# after it, and only then the test suite; there, the two tests below would repeat that work at a smaller size.
+# after it, and only then the test suite; there, the test below would repeat that work at a smaller size.
 demo_checked_by_ci = pytest.mark.skipif(os.environ.get("COVFAST_DEMO_CHECKED") == "1",
                                         reason="the newcomer CI ran the full demo and the README's commands after it")
 
@@ -73,28 +69,4 @@ def test_demo_refuses_a_used_folder(tmp_path):
     assert "not empty" in result.stderr and (tmp_path / "used" / "notes.txt").read_text() == "keep me"
 
 
-@pytest.mark.slow
-@demo_checked_by_ci
-def test_the_demos_short_training_learns_the_synthetic_infection(tmp_path):
-    """The demo's Attention U-Net (its own settings: 16 images per class, 64 px, 25 epochs, threshold 0.5)
-    outlines the synthetic infection on Test images it never saw (COVID-19 Dice above 0.5) and tells the
-    images with infection from the rest (at least 70% of each outlined / left empty).
-
-    Chance cannot get there: painting every pixel scores a COVID-19 Dice of 2|G|/(N+|G|), 0.079 on average
-    and 0.114 at most on these images (the infection covers a few percent of the image, checked below), an
-    empty prediction scores 0, and a decision that ignores the image outlines all or none. Measured (2 CPU
-    cores, bf16, 20.5 s of training, head weight 1): COVID-19 Dice 0.6999, COVID-19 images outlined 1.0, empty-truth images left
-    empty 1.0, image-level AUC 0.998.
-    """
-    s = DEMO_SETTINGS
-    data = write_synthetic(tmp_path / "data", per_class=s["per_class"], size=s["size"], seed=0)
-    config = Config(data_path=str(data), runs_dir=str(tmp_path / "runs"), img_size=s["size"], bs=s["bs"], lr=s["lr"]["attention-unet"],
-                    epochs=s["epochs"]["attention-unet"])
-    run = train("attention-unet", data, config, name="attention-unet", pretrained=False)
-    per_image, summary, _ = evaluate(run, "Test", config=config)
-    by = summary.set_index("group")
-    covid = per_image[per_image["class"] == "COVID-19"]
-    everything = 2 * (covid.tp + covid.fn) / (s["size"] ** 2 + covid.tp + covid.fn)  # Dice of an all-infection mask
-    assert everything.max() < 0.2
-    assert by.loc["COVID-19", "dice"] > 0.5, by
-    assert by.loc["All", "sensitivity"] >= 0.7 and by.loc["All", "specificity"] >= 0.7, by
+# That the demo's short training learns: tests/test_notebooks.py (notebook 02 trains the demo's Attention U-Net).
