@@ -158,7 +158,7 @@ def test_report_after_calibrate_shows_the_new_thresholds_numbers(synth_root, tmp
     assert after.loc["Non-COVID", "dice"] == 1 and after.loc["COVID-19", "sensitivity"] == 0
     assert json.loads((run / "eval" / "Test" / "summary.json").read_text())["gate_margin"] == pytest.approx(2.0)
     page = (run / "report" / "index.html").read_text()
-    assert "2.0" in page.split("gate_margin", 1)[1][:80]  # the settings table shows the calibrated threshold
+    assert "<td>2</td>" in page.split("gate_margin", 1)[1][:80]  # the settings table shows the calibrated threshold
 
 
 @pytest.mark.parametrize("value", ["NaN", "5", "-1", "[]", "{}", '"abc"', "true"])
