@@ -199,7 +199,8 @@ def outline(output, gray: np.ndarray, decision, given_lung: np.ndarray | None = 
     predicted = predicted[0].cpu().numpy() if predicted is not None else None
     lung, source = (given_lung, "given") if given_lung is not None else (predicted, "predicted" if predicted is not None else "")
     pct = infection_pct(mask, lung) if lung is not None else float("nan")
-    decided = "" if prob is None else "COVID-19 infection" if prob[0] > decision.threshold else "no COVID-19 infection"
+    keep = decision.keep(output)  # the same rule that emptied (or kept) the mask
+    decided = "" if prob is None else "COVID-19 infection" if bool(keep[0]) else "no COVID-19 infection"
     p = float(prob[0]) if prob is not None else float("nan")
     return Outline(gray, mask, p, decided, lung, source, predicted, pct, overlay(gray, mask, lung=lung),
                    caption(decided, p, mask, pct))

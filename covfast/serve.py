@@ -51,7 +51,7 @@ def _said(result: Outline, run: Run) -> str:
     "The page's reading of one X-ray, in Markdown."
     lines = []
     if result.decided:
-        verdict = "above" if result.decided == "COVID-19 infection" else "at or below"
+        verdict = "above" if result.prob > run.decision.threshold else "at or below"
         lines.append(f"**{result.decided[0].upper() + result.decided[1:]}**: probability {result.prob:.3f}, {verdict} "
                      f"the run's threshold {run.decision.threshold:.3f}")
     lines.append(f"**Infected pixels**: {int(result.mask.sum())} of {result.mask.size} "

@@ -101,3 +101,20 @@ def test_prediction_batches_hold_the_pixels_of_fastais_validation_pipeline(mixed
         assert fast[0].shape == slow[0].shape == (3, 3, size, size)
         assert torch.equal(fast[0], slow[0]), (fast[0] - slow[0]).abs().max()
         assert torch.equal(fast[1], slow[1]) and fast[1].dtype == slow[1].dtype
+
+
+def test_the_written_decision_is_the_one_that_emptied_the_mask():
+    "predict's 'decision' column says what the mask shows: an old run's pixel gate can empty an image the head would keep."
+    from covfast.decision import Decision
+    from covfast.outputs import model_output
+    from covfast.predict import outline
+    infection = torch.zeros(1, 2, 4, 4)
+    infection[0, 1, :2, :2] = 3.0  # 4 infected pixels, margin 3
+    out = model_output(infection=infection, covid=torch.tensor([2.0]))  # p = sigmoid(2) = 0.881
+    gray = np.zeros((4, 4), np.uint8)
+    kept = outline(out, gray, Decision(threshold=0.5))
+    assert kept.decided == "COVID-19 infection" and kept.mask.sum() == 4
+    assert outline(out, gray, Decision(threshold=0.9)).decided == "no COVID-19 infection"
+    gated = outline(out, gray, Decision(threshold=0.5, gate_topk=0.25, gate_margin=5.0))  # top 4 pixels: margin 3 < 5
+    assert gated.mask.sum() == 0 and gated.decided == "no COVID-19 infection"
+    assert outline(model_output(infection=infection), gray, Decision()).decided == ""  # no head: no decision to write
