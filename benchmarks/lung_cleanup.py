@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from covfast.config import CLASSES
 from covfast.data import read_mask
 from covfast.decision import predicted_lung
 from covfast.evaluate import split_items
@@ -57,16 +58,15 @@ CLEANUPS = {
 
 def score(run: str, splits: list[str], data: str | None) -> pd.DataFrame:
     learn, loaded = load_run(run, device="cpu")
+    if not loaded.spec.lungs:
+        raise SystemExit(f"{run} has no lung output")
     rows = []
     for split in splits:
-        items = split_items(data or loaded.spec.data_root, split, ("COVID-19", "Non-COVID", "Normal"))
+        items = split_items(data or loaded.spec.data_root, split, CLASSES)
         for i, out, _ in iter_outputs(learn, items):
             item = items.iloc[i]
             truth = read_mask(item.lung_mask).astype(bool)
-            lung = predicted_lung(out, truth.shape)
-            if lung is None:
-                raise SystemExit(f"{run} has no lung output")
-            lung = lung[0].numpy()
+            lung = predicted_lung(out, truth.shape)[0].numpy()
             rows.append({"split": split, "file": item["name"], "class": item.label,
                          **{name: dice(np.asarray(f(lung), dtype=bool), truth) for name, f in CLEANUPS.items()}})
     return pd.DataFrame(rows)
