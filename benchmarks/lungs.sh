@@ -6,7 +6,7 @@
 # for the runs with lungs, the infection kept inside the predicted lungs against anywhere, on Val (where the
 # default is chosen) and on Test; and the segmentation with no decision (benchmarks/segmentation_ceiling.py).
 # Prints one table. TRAIN=0 scores runs already trained under $COVFAST_RUNS_DIR (names as below).
-# Usage: bash benchmarks/lungs.sh [DATA_ROOT]; ARCHS=, SEEDS= override. Several hours on 2 CPU cores (ResNet34
+# Usage: bash benchmarks/lungs.sh [DATA_ROOT]; ARCHS=, SEEDS= and KINDS= (lung, base) override. Several hours on 2 CPU cores (ResNet34
 # most of it); run it in the background: nohup bash benchmarks/lungs.sh ../shared/data/covid-qu-ex > lungs.log 2>&1 &
 set -euo pipefail
 data=${1:-../shared/data/covid-qu-ex}
@@ -18,7 +18,7 @@ recipe() {  # ARCH -> its training options (the 6-epoch recipe of docs/results.m
 short() { case $1 in attention-unet) echo aunet ;; *) echo r34 ;; esac; }
 for arch in ${ARCHS:-attention-unet resnet34}; do
   for seed in ${SEEDS:-42 1}; do
-    for kind in lung base; do
+    for kind in ${KINDS:-lung base}; do
       name="$kind-$(short "$arch")-s$seed"
       weight=$([ "$kind" = lung ] && echo 1 || echo 0)
       if [ "${TRAIN:-1}" = 1 ] && [ ! -f "$runs_dir/$name/model.pth" ]; then

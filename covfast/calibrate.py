@@ -21,10 +21,10 @@ from . import metrics
 from .config import Config
 from .data import read_mask
 from .dataset import canonical_root
-from .decision import CALIBRATION_FILE, learner_decision
+from .decision import CALIBRATION_FILE, Decision, learner_decision
 from .errors import CovfastError
 from .evaluate import split_items
-from .inference import iter_outputs, load_run
+from .inference import Run, iter_outputs, load_run
 from .runs import write_json
 
 __all__ = ["DEFAULT_SENSITIVITY", "OPERATING_SENSITIVITIES", "image_scores", "threshold_for_specificity", "threshold_for_sensitivity",
@@ -136,7 +136,10 @@ def calibrate(
     if truth.any():  # the trade-off around the chosen point, on the same split
         result["operating_points"] = operating_points(scores, items.label.to_numpy(), truth)
     write_json(path, result)
-    return result
+    from .export import stale_export_note  # an export made before this calibration holds the old threshold
+
+    stale = stale_export_note(Run(loaded.dir, loaded.spec, loaded.record, Decision.load(loaded.dir, loaded.spec.gate_topk)))
+    return {**result, **({"stale_export": stale} if stale else {})}
 
 
 def calibration_text(result: dict) -> str:
@@ -154,4 +157,6 @@ def calibration_text(result: dict) -> str:
         for p in points:
             lines.append(f"  {p['sensitivity']:11.3f}  {p['threshold']:9.4f}  "
                          + "  ".join(f"{p['left_empty'][c]:{len(c) + 11}.3f}" for c in classes))
+    if result.get("stale_export"):
+        lines.append(f"Note: {result['stale_export']}")
     return "\n".join(lines)

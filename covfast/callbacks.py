@@ -63,7 +63,7 @@ def restore_random_states(learn: Learner, states: dict[str, Any]) -> None:
 
 class RunDirCallback(TrackerCallback):
     """After each completed epoch: model.pth when the monitored value (`metrics.MODEL_CHOICE`) beats the best so
-    far, then checkpoint.pth, then the history.csv row, each written atomically. The terminal's table numbers the
+    far (or ties it at a lower valid loss), then checkpoint.pth, then the history.csv row, each written atomically. The terminal's table numbers the
     epochs from 1, as history.csv and the report do, and shows '–' for a figure that is not defined.
 
     The checkpoint carries what resume needs to continue bit for bit: weights, optimizer, epoch, the history
@@ -82,6 +82,9 @@ class RunDirCallback(TrackerCallback):
         # a run resumed from before this figure was logged has none in its history: its next epoch starts afresh
         best = self.history[monitor].max() if len(self.history) else float("nan")
         self.best = best if best == best else -float("inf")
+        # a tie of the score goes to the epoch of lower valid loss (`train.best_epoch` reads history.csv the same way)
+        tied = self.history[self.history[monitor] == best] if best == best else self.history.iloc[:0]
+        self.best_loss = float(tied.valid_loss.min()) if len(tied) else float("inf")
 
     def before_fit(self):
         super().before_fit()
@@ -121,6 +124,11 @@ class RunDirCallback(TrackerCallback):
             raise RunDiverged(epoch, "non-finite weights")
         super().after_epoch()  # sets self.new_best
         log = dict(zip(self.recorder.metric_names, self.recorder.log))
+        loss = float(log.get("valid_loss", float("nan")))
+        if not self.new_best and float(log.get(self.monitor, float("nan"))) == self.best and loss < self.best_loss:
+            self.new_best = True  # the same score at a lower valid loss: the better model of the two
+        if self.new_best:
+            self.best_loss = loss
         row = {k: float(log[k]) for k in HISTORY_COLUMNS if k in log and k != "epoch"}
         row.update(epoch=epoch, lr=float(self.opt.hypers[-1]["lr"]), seconds=round(time.time() - self._t0, 2))
         self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)[HISTORY_COLUMNS]

@@ -27,9 +27,11 @@ def infer_cases(learn, rows: pd.DataFrame) -> list[dict]:
         beside = lambda folder: Path(row.image).parent.parent / folder / Path(row.image).name  # noqa: E731
         truth, lung = beside("infection masks"), beside("lung masks")
         lungs = predicted_lung(output, gray.shape)
+        pred = decision.mask(output, gray.shape)
         entry = {"row": row, "gray": gray, "truth": read_mask(truth).astype(bool) if truth.is_file() else None,
                  "truth_lung": read_mask(lung).astype(bool) if lung.is_file() else None,
-                 "pred": decision.mask(output, gray.shape), "lung": lungs[0].cpu().numpy() if lungs is not None else None}
+                 "pred": pred, "outcome": decision.outcomes(output, pred[None])[0],
+                 "lung": lungs[0].cpu().numpy() if lungs is not None else None}
         if output.has("attention"):
             entry["attention"] = output.attention[0, 0].cpu().numpy()
         out.append(entry)
@@ -41,8 +43,7 @@ def report_case(entry: dict) -> dict:
     row = entry["row"]
     lines = [str(row["file"]), f"{row['label']} · Dice {row['dice']:.3f}"]
     if "p_covid" in row and pd.notna(row["p_covid"]):
-        decided = "outlined" if entry["pred"].any() else "left empty"
-        lines.append(f"p(COVID-19) {row['p_covid']:.3f}: {decided}")
+        lines.append(f"p(COVID-19) {row['p_covid']:.3f}: {entry['outcome']}")
     if "loss" in row and pd.notna(row["loss"]):
         lines.append(f"loss {row['loss']:.3f}")
     case = {"title": "\n".join(lines), "gray": entry["gray"],

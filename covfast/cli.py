@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Iterable, Optional
 
@@ -32,8 +33,8 @@ class _Group(TyperGroup):
         except (ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as e:
-            if (ctx.obj or {}).get("debug"):
-                raise
+            if (ctx.obj or {}).get("debug"):  # the traceback, then the same line and exit code as without --debug
+                traceback.print_exc()
             if isinstance(e, CovfastError):
                 typer.echo(f"covfast: error: {e}", err=True)
                 raise typer.Exit(2)
@@ -426,6 +427,8 @@ def export_cmd(
     typer.echo(f"Wrote {path} and {path.with_name('model.json')} ({sidecar['exporter']}, opset {sidecar['opset']}); "
                f"onnxruntime against PyTorch on {sidecar['checked']['images']} images: max |logit difference| "
                f"{diff:.2e} (bound {TOLERANCE:g})")
+    if sidecar["decision"].get("not_calibrated"):
+        typer.echo(f"covfast: note: {sidecar['decision']['not_calibrated']}, then export again", err=True)
 
 
 @app.command("serve")

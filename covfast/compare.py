@@ -56,13 +56,18 @@ def compare(
     names = [d.name for d in dirs]
     if len(set(names)) < len(names):
         raise CovfastError(f"the same run is named twice: {', '.join(names)}")
+    classes = [tuple(sorted(read_run(d)[0].classes)) for d in dirs]
+    if len(set(classes)) > 1:
+        said = "; ".join(f"{n}: {', '.join(c)}" for n, c in zip(names, classes))
+        raise CovfastError(f"the runs were trained on different classes ({said}): their figures do not compare; "
+                           f"compare runs of the same classes")
     results = [evaluated(d, split, config=config, device=device, progress=progress,
                          allow_calibration_split=allow_calibration_split)[:2] for d in dirs]
     out = Path(out) if out else Path(config.runs_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     if (out / "index.html").exists():
         raise CovfastError(f"{out} already holds a comparison; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["dice", "iou", "dice_pooled", "sensitivity", "specificity", "auc", "lung_dice", "severity_mae",
+    cols = ["dice", "iou", "dice_pooled", "sensitivity", "specificity", "flagged", "auc", "lung_dice", "severity_mae",
             "severity_mae_pred_lung"]
     results = [(per, s.reindex(columns=list(dict.fromkeys([*s.columns, *cols])))) for per, s in results]  # runs from before the lung output
     metrics = pd.concat([s.set_index("group")[["n", *cols]].add_prefix(f"{n}: ") for n, (_, s) in zip(names, results)], axis=1)

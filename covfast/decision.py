@@ -8,6 +8,12 @@ mean infection margin of its `gate_topk` most confident pixels is above `gate_ma
 lung output may keep the infection inside its predicted lungs (`inside_lungs`). A `Decision`
 holds all of it; the loss's `decodes`, the training metrics, evaluate, calibrate, predict and report all
 call `Decision.apply`, and `Decision.load` reads it from a run's calibration.json.
+
+The verdict on an X-ray is one of three `OUTCOMES`, named by `outcome` from what the decision did, and every
+file, page and table says it with these words: an outline ('COVID-19 infection'); nothing outlined because
+the image-level decision (the head, or the old gate) left the X-ray empty ('no COVID-19 infection'); or the
+image-level decision kept the X-ray but the pixel rule outlined no pixel of it ('COVID-19 flagged, nothing
+outlined': the image head's probability is above the threshold, yet no infection can be shown or graded).
 """
 
 from __future__ import annotations
@@ -25,11 +31,25 @@ from .errors import CovfastError
 from .outputs import ModelOutput, as_output
 from .runs import read_json
 
-__all__ = ["CALIBRATION_FILE", "predicted_infection", "predicted_lung", "image_probability", "evidence_scores", "Decision",
+__all__ = ["CALIBRATION_FILE", "OUTLINED", "FLAGGED", "EMPTY", "OUTCOMES", "outcome", "predicted_infection", "predicted_lung", "image_probability", "evidence_scores", "Decision",
            "learner_decision"]
 
 # written by `covfast calibrate`, read by `Decision.load`
 CALIBRATION_FILE = "calibration.json"
+
+# The three verdicts (see the module's docstring), in the order tables list them
+OUTLINED = "COVID-19 infection"
+FLAGGED = "COVID-19 flagged, nothing outlined"
+EMPTY = "no COVID-19 infection"
+OUTCOMES: tuple[str, ...] = (OUTLINED, FLAGGED, EMPTY)
+
+
+def outcome(kept: bool | None, outlined: bool) -> str:
+    """The verdict on one X-ray from what the decision did: `kept`, the image-level decision (None for a model
+    with neither head nor gate), and `outlined`, whether its mask has any pixel."""
+    if outlined:
+        return OUTLINED
+    return FLAGGED if kept else EMPTY
 
 
 def predicted_infection(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -127,7 +147,12 @@ class Decision:
         "One image's infection mask (an output of batch 1) at `size` (h, w), as a boolean array."
         return self.apply(out, size)[0].cpu().numpy()
 
-
+    def outcomes(self, out: ModelOutput | torch.Tensor, masks: torch.Tensor | np.ndarray,
+                 activated: bool = False) -> list[str]:
+        "Per image, the verdict (`outcome`) for the masks this decision made of `out` ((B, H, W), any size)."
+        keep = self.keep(out, activated)
+        outlined = [bool(m.any()) for m in masks]
+        return [outcome(None if keep is None else bool(keep[i]), o) for i, o in enumerate(outlined)]
 
     @classmethod
     def load(cls, run_dir: str | Path, gate_topk: float = 0.0) -> "Decision":

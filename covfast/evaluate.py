@@ -14,7 +14,7 @@ from . import __version__
 from .config import CLASSES, Config
 from .data import read_mask
 from .dataset import canonical_root, check_tree, scan_tree
-from .decision import Decision, image_probability, learner_decision, predicted_lung
+from .decision import EMPTY, FLAGGED, OUTCOMES, OUTLINED, Decision, image_probability, learner_decision, predicted_lung
 from .errors import CovfastError, format_problems
 from .inference import Run, iter_outputs, load_run
 from .metrics import (band_agreement, bootstrap_auc, bootstrap_ci, confusion_counts, dice_from_counts, infected,
@@ -66,11 +66,12 @@ def score_items(learn, items: pd.DataFrame, bs: int | None = None, progress=None
         truth = read_mask(item.infection_mask).astype(bool)
         lung = read_mask(item.lung_mask).astype(bool)
         pred = decision.mask(out, truth.shape)
+        verdict, = decision.outcomes(out, pred[None])
         prob = image_probability(out)
         tp, fp, fn = confusion_counts(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])[0].tolist()
         row = {"file": item["name"], "class": item.label, "dice": float(dice_from_counts(tp, fp, fn)),
                "iou": float(iou_from_counts(tp, fp, fn)), "tp": tp, "fp": fp, "fn": fn,
-               "pred_empty": tp + fp == 0, "p_covid": float(prob[0]) if prob is not None else nan,
+               "pred_empty": tp + fp == 0, "outcome": verdict, "p_covid": float(prob[0]) if prob is not None else nan,
                # severity: the truth's, and the prediction's measured with the true lungs
                "true_pct_lung": infection_pct(truth, lung), "pred_pct_lung": infection_pct(pred, lung),
                "lung_dice": nan, "lung_iou": nan, "pred_pct_pred_lung": nan}
@@ -108,6 +109,8 @@ def summarize(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
             "iou": g.iou.mean(), "iou_ci_low": i_lo, "iou_ci_high": i_hi,
             "dice_pooled": pooled_dice(tp, fp, fn), "iou_pooled": pooled_iou(tp, fp, fn),
             "sensitivity": sensitivity(g.pred_empty, infected(g)), "specificity": specificity(g.pred_empty, infected(g)),
+            # the head kept the X-ray, the pixel rule outlined nothing (`decision.FLAGGED`): its share of the row
+            "flagged": (g.outcome == FLAGGED).mean() if "outcome" in g else np.nan,
             "severity_mae": severity_mae(g.pred_pct_lung, g.true_pct_lung),
             "severity_band_agreement": band_agreement(g.pred_pct_lung, g.true_pct_lung),
             "auc": auc[0], "auc_ci_low": auc[1], "auc_ci_high": auc[2],
@@ -124,10 +127,10 @@ def summarize(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
 
 
 def confusion_table(per_image: pd.DataFrame) -> pd.DataFrame:
-    "Images per class (rows) by the run's decision (columns: an outline, or an empty mask)."
-    decision = np.where(per_image.pred_empty, "empty mask", "outlined")
+    "Images per class (rows) by the run's verdict (columns: `decision.OUTCOMES`, as per_image.csv's `outcome` says)."
+    decision = per_image.outcome if "outcome" in per_image else np.where(per_image.pred_empty, EMPTY, OUTLINED)
     table = pd.crosstab(pd.Categorical(per_image["class"], [c for c in CLASSES if (per_image["class"] == c).any()]),
-                        pd.Categorical(decision, ["outlined", "empty mask"]), dropna=False)
+                        pd.Categorical(decision, list(OUTCOMES)), dropna=False)
     table.index.name, table.columns.name = "class", "decision"
     return table
 
@@ -249,7 +252,7 @@ def _stored(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame] | None:
         per_image, summary = pd.read_csv(folder / "per_image.csv"), pd.read_csv(folder / "summary.csv")
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError):
         return None
-    needed = {"image", "class", "dice", "iou", "tp", "fp", "fn", "pred_empty"}
+    needed = {"image", "class", "dice", "iou", "tp", "fp", "fn", "pred_empty", "outcome"}
     if (not isinstance(stored, dict) or not needed <= set(per_image.columns) or per_image[["dice", "tp", "fp", "fn"]].isna().any().any()
             or "group" not in summary.columns):
         return None
@@ -262,7 +265,7 @@ def evaluation_text(per_image: pd.DataFrame, summary: pd.DataFrame, folder: Path
     with_ci = summary.assign(
         dice=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.dice, summary.dice_ci_low, summary.dice_ci_high)],
         iou=[f"{d:.4f} [{lo:.3f}, {hi:.3f}]" for d, lo, hi in zip(summary.iou, summary.iou_ci_low, summary.iou_ci_high)])
-    cols = ["group", "n", "dice", "iou", "dice_pooled", "sensitivity", "specificity"]
+    cols = ["group", "n", "dice", "iou", "dice_pooled", "sensitivity", "specificity", *(["flagged"] if "flagged" in summary else [])]
     number = lambda v: f"{v:.4f}"  # noqa: E731
     lines = [f"{len(per_image)} {stored['split']} images; Dice and IoU are per-image means with bootstrap 95% CI\n",
              with_ci[cols].to_string(index=False, float_format=number, na_rep="–")]
@@ -284,8 +287,11 @@ def evaluation_text(per_image: pd.DataFrame, summary: pd.DataFrame, folder: Path
         for row in summary[summary.auc.notna()].itertuples():
             against = "every other image" if row.group == "All" else f"{row.group} images"
             lines.append(f"  {against:>20}: {row.auc:.4f} [{row.auc_ci_low:.3f}, {row.auc_ci_high:.3f}]")
-        lines.append(f"\nDecision per class (an outline when the probability is above {stored['threshold']:.4g}):\n")
+        lines.append(f"\nDecision per class (the head keeps an X-ray when its probability is above {stored['threshold']:.4g}; "
+                     f"'{FLAGGED}': kept, but no pixel outlined):\n")
         lines.append(confusion_table(per_image).to_string())
+        flagged = per_image.outcome == FLAGGED
+        lines.append(f"\n{FLAGGED}: {int(flagged.sum())} of {len(per_image)} X-rays ({flagged.mean():.4f})")
     if is_synthetic(stored["data_root"]):
         lines.append("\nAgainst the reference study: not comparable (synthetic data; it proves the pipeline, not accuracy)")
     else:

@@ -27,11 +27,11 @@ from . import __version__
 from .config import Config
 from .dataset import SPLITS, scan_tree
 from .errors import CovfastError
-from .inference import Run, _batch_pixels, _input_size, load_run, validation_batch
+from .inference import Run, _batch_pixels, _input_size, load_run, uncalibrated_note, validation_batch
 from .outputs import ModelOutput, model_output
 from .runs import run_subdir, sha256, write_json
 
-__all__ = ["EXPORTER", "OPSET", "TOLERANCE", "to_onnx", "export", "OnnxModel", "load_onnx"]
+__all__ = ["EXPORTER", "OPSET", "TOLERANCE", "to_onnx", "export", "OnnxModel", "load_onnx", "stale_export_note"]
 
 EXPORTER = "torch.onnx.export, TorchScript-based exporter (dynamo=False)"
 OPSET = 17
@@ -125,9 +125,11 @@ def export(
             **({"lung": "logits (batch, 2, H, W): channel 1 lung, channel 0 background"} if "lung" in names else {}),
         },
         "to_xray": "upsample the logits (bilinear) to the X-ray's size before taking the masks",
+        "model_sha256": sha256(path),
         "decision": {"threshold": decision.threshold, "rule": "an X-ray whose probability is at or below the threshold "
                      "gets an empty infection mask", "inside_lungs": bool(decision.inside_lungs and "lung" in names),
-                     "calibrated_on": decision.split},
+                     "calibrated_on": decision.split,
+                     **({"not_calibrated": uncalibrated_note(loaded)} if uncalibrated_note(loaded) else {})},
         "classes": list(loaded.spec.classes), "checked": {"images": len(x), "max_abs_logit_difference": diff,
                                                           "tolerance": TOLERANCE},
     }
@@ -138,10 +140,17 @@ def export(
 class OnnxModel:
     "An exported model through onnxruntime, called as covfast calls its PyTorch models: images in, `ModelOutput` out."
 
-    def __init__(self, path: str | Path, names: list[str]):
+    def __init__(self, path: str | Path):
         ort = _onnx()
-        self.path, self.names = Path(path), names
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.path = Path(path)
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own errors (INVALID_PROTOBUF, ...) for a file that is not a model
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else e.__class__.__name__
+            raise CovfastError(f"{path} is not an ONNX model onnxruntime can load ({first}); it is damaged or was "
+                               f"replaced: run `covfast export` again") from None
+        # the outputs by the names the graph gives them, whatever order a sidecar lists them in
+        self.names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, x: torch.Tensor) -> ModelOutput:
         outputs = self.session.run(None, {"image": x.detach().float().contiguous().cpu().numpy()})
@@ -154,18 +163,45 @@ class OnnxModel:
         return self
 
 
+def stale_export_note(run: Run) -> str:
+    """One line when the run's export holds another decision than calibration.json now does (calibrated again
+    after `covfast export`); '' when there is no export or it is current."""
+    try:
+        said = json.loads((run.dir / "export" / "model.json").read_text())["decision"]
+        threshold, inside = float(said["threshold"]), bool(said.get("inside_lungs", False))
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    lungs = run.spec.lungs and run.decision.inside_lungs
+    if threshold == run.decision.threshold and inside == lungs:
+        return ""
+    return (f"{run.dir / 'export' / 'model.json'} holds threshold {threshold:.4g}"
+            f"{' (infection inside the lungs)' if inside else ''}, the run's decision is now {run.decision.threshold:.4g}"
+            f"{' (infection inside the lungs)' if lungs else ''}: run `covfast export {run.name}` again")
+
+
 def load_onnx(run: Run) -> OnnxModel:
-    "A run's exported model (<run>/export), checked to be of the run's current weights."
+    """A run's exported model (<run>/export), checked to be of the run's current weights and decision, the very
+    model.onnx export wrote beside its sidecar, with the outputs the sidecar lists."""
     folder = run.dir / "export"
+    again = f"run `covfast export {run.name}` again"
     if not (folder / "model.onnx").is_file() or not (folder / "model.json").is_file():
         raise CovfastError(f"{run.dir} has no ONNX export; run `covfast export {run.name}` first")
     try:
         sidecar = json.loads((folder / "model.json").read_text())
-        names = list(sidecar["outputs"])
+        listed = set(sidecar["outputs"])
     except (ValueError, KeyError, TypeError):
-        raise CovfastError(f"{folder / 'model.json'} is not the sidecar covfast export writes; run `covfast export "
-                           f"{run.name}` again") from None
+        raise CovfastError(f"{folder / 'model.json'} is not the sidecar covfast export writes; {again}") from None
     if sidecar.get("weights_sha256") != sha256(run.dir / "model.pth"):
-        raise CovfastError(f"{folder / 'model.onnx'} was exported from other weights than {run.dir / 'model.pth'}; run "
-                           f"`covfast export {run.name}` again")
-    return OnnxModel(folder / "model.onnx", names)
+        raise CovfastError(f"{folder / 'model.onnx'} was exported from other weights than {run.dir / 'model.pth'}; {again}")
+    if sidecar.get("model_sha256") != sha256(folder / "model.onnx"):
+        raise CovfastError(f"{folder / 'model.onnx'} is not the file `covfast export` wrote beside {folder / 'model.json'} "
+                           f"(its SHA-256 differs{'' if 'model_sha256' in sidecar else ': the sidecar predates the check'}); "
+                           f"{again}")
+    stale = stale_export_note(run)
+    if stale:
+        raise CovfastError(stale)
+    model = OnnxModel(folder / "model.onnx")
+    if set(model.names) != listed:
+        raise CovfastError(f"{folder / 'model.json'} lists the outputs {', '.join(sorted(listed)) or 'none'}, but "
+                           f"{folder / 'model.onnx'} has {', '.join(sorted(model.names))}; {again}")
+    return model

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .metrics import roc_auc, roc_curve
 
-__all__ = ["LUNG_RGB", "overlay", "captioned", "plot_history", "plot_cases", "case_figure", "roc_figure", "severity_figure"]
+__all__ = ["LUNG_RGB", "overlay", "readable", "captioned", "plot_history", "plot_cases", "case_figure", "roc_figure", "severity_figure"]
 
 
 # the lungs' outline on overlays: cyan, apart from the infection's red
@@ -38,10 +38,20 @@ def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.5, lung: np.nda
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
-def captioned(rgb: np.ndarray, text: str) -> np.ndarray:
-    "An RGB image with `text` in a dark band below it, wrapped to its width (PIL's own font, no font files)."
+def readable(rgb: np.ndarray, min_width: int = 256) -> np.ndarray:
+    """`rgb` enlarged by the smallest whole factor that makes it at least `min_width` pixels wide (each pixel a
+    block, so the outline stays exactly the mask's); as it is when it is that wide already."""
+    factor = -(-min_width // max(1, rgb.shape[1]))
+    return rgb if factor <= 1 else np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+
+
+def captioned(rgb: np.ndarray, text: str, min_width: int = 256) -> np.ndarray:
+    """An RGB image with `text` in a dark band below it, wrapped to its width (PIL's own font, no font files). An
+    image narrower than `min_width` is enlarged first (`readable`), so its caption reads as lines, not a column of
+    words."""
     from PIL import Image, ImageDraw, ImageFont
 
+    rgb = readable(rgb, min_width)
     width = rgb.shape[1]
     size = max(10, min(24, width // 28))
     try:
@@ -117,10 +127,21 @@ def plot_cases(cases: list[dict], title: str = "", xray: bool = True, figsize: t
             ax.set_title(_fitted(name, width), fontsize=8)
         for ax in ax_row:
             ax.axis("off")
-    if title:
-        fig.suptitle(title)
     fig.tight_layout()
+    if title:
+        _title_above(fig, fig.suptitle(title), axes[0])
     return fig
+
+
+def _title_above(fig, sup, top_row) -> None:
+    "Lower the panels until the first row's titles end below the figure's title (tight_layout leaves them overlapping)."
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    height = fig.bbox.height
+    sup_bottom = sup.get_window_extent(renderer).y0 / height
+    titles_top = max(ax.title.get_window_extent(renderer).y1 for ax in top_row) / height
+    if titles_top > sup_bottom - 0.005:
+        fig.subplots_adjust(top=fig.subplotpars.top - (titles_top - sup_bottom) - 0.01)
 
 
 def case_figure(cases: list[dict], path: Path, title: str) -> Path:
@@ -129,18 +150,23 @@ def case_figure(cases: list[dict], path: Path, title: str) -> Path:
 
 
 def roc_figure(per_image: pd.DataFrame, threshold: float, path: Path) -> Path:
-    "ROC curves of the image head's probability, COVID-19 against each other class, with the run's operating point."
+    """ROC curves of the image head's probability, COVID-19 against each other class, with the run's operating
+    point: the share of each class the head kept, read from per_image's `outcome` (anything but `EMPTY`)."""
+    from .decision import EMPTY
+
     fig, ax = plt.subplots(figsize=(5, 5))
+    kept = (per_image.outcome != EMPTY) if "outcome" in per_image else per_image.p_covid > threshold
     covid = per_image[per_image["class"] == "COVID-19"]
     for label, others in per_image[per_image["class"] != "COVID-19"].groupby("class"):
         scores = np.concatenate([covid.p_covid, others.p_covid])
         truth = np.r_[np.ones(len(covid), bool), np.zeros(len(others), bool)]
         fpr, tpr = roc_curve(scores, truth)
         ax.plot(fpr, tpr, label=f"COVID-19 vs {label} (AUC {roc_auc(scores, truth):.3f})")
-        ax.plot([(others.p_covid > threshold).mean()], [(covid.p_covid > threshold).mean()], "ko")
+        ax.plot([kept[others.index].mean()], [kept[covid.index].mean()], "ko")
     ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.set_xlabel("false positive rate (share of the class outlined)"), ax.set_ylabel("sensitivity (COVID-19 outlined)")
-    ax.set_title(f"Image level; dots: the run's threshold {threshold:.3g}", fontsize=10)
+    ax.set_xlabel("false positive rate (share of the class kept by the head)")
+    ax.set_ylabel("sensitivity (COVID-19 kept by the head)")
+    ax.set_title(f"Image level; dots: the run's threshold {threshold:.4g}", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)

@@ -28,7 +28,7 @@ from .precision import autocast, memory_format
 from .runs import load_model_weights, load_weights, read_run, resolve_run
 from .spec import RunSpec
 
-__all__ = ["Run", "inference_learner", "load_run", "validation_batch", "iter_outputs"]
+__all__ = ["Run", "uncalibrated_note", "inference_learner", "load_run", "validation_batch", "iter_outputs"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,16 @@ class Run:
     @property
     def name(self) -> str:
         return self.dir.name
+
+
+def uncalibrated_note(run: Run) -> str:
+    """One line for a run whose decision threshold no `covfast calibrate` chose (predict, serve and export say it);
+    '' for a calibrated run, or one with no image-level decision to calibrate."""
+    if run.decision.split is not None or not (run.spec.cls_weight or run.spec.gate_topk):
+        return ""
+    what = "threshold 0.5" if run.spec.cls_weight else "pixel-evidence margin 0"
+    return (f"{run.name} was never calibrated: its decision uses the {what}, not one chosen on Val; run "
+            f"`covfast calibrate {run.name}` first")
 
 
 def inference_learner(spec: RunSpec, decision: Decision | None = None, device: str | torch.device | None = None) -> Learner:

@@ -123,7 +123,8 @@ class CovfastLearner(Learner):
         table = pd.DataFrame({"truth": ["infection" if t else "empty" for t in has_infection(truth)], "dice": dice})
         if probs is not None:
             table.insert(1, "p_covid", probs[:n].tolist())
-            table.insert(2, "decision", ["infected" if k else "empty mask" for k in learner_decision(self).keep(preds, activated=True)[:n]])
+            # the verdict in the words every covfast file uses (`decision.OUTCOMES`), of the masks drawn below
+            table.insert(2, "decision", learner_decision(self).outcomes(preds, decoded > 0, activated=True)[:n])
         # the X-rays as they went in: undo the ImageNet normalisation of the first channel (the three are equal)
         mean, std = imagenet_stats[0][0], imagenet_stats[1][0]
         grays = ((b[0][:n, 0].float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().numpy()

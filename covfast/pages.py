@@ -29,6 +29,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "iou_pooled": ("pooled IoU", "ΣTP/(ΣTP+ΣFP+ΣFN) over all the images' pixels at once"),
     "sensitivity": ("COVID-19 outlined", "share of the images with infection that got an outline"),
     "specificity": ("left empty", "share of the empty-truth images (Non-COVID, Normal) that got no outline"),
+    "flagged": ("flagged, nothing outlined", "share of the row's images the image head kept (probability above the "
+                "threshold) but in which no pixel was outlined: 'COVID-19 flagged, nothing outlined'"),
     "severity_mae": ("severity error", f"mean absolute error of infection % of lung, in percentage points, {_WITH_TRUE_LUNGS}"),
     "severity_band_agreement": ("severity band right", f"share of images whose band (0, <25, 25-50, 50-75, >=75 %) is the true one, {_WITH_TRUE_LUNGS}"),
     "severity_mae_pred_lung": ("severity error, own lungs", f"the same error {_WITH_OWN_LUNGS}, as a new X-ray gets it"),

@@ -13,10 +13,10 @@ from PIL import Image
 from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
-from .decision import image_probability, predicted_lung
+from .decision import EMPTY, FLAGGED, OUTLINED, image_probability, predicted_lung
 from .dicom import DICOM_SUFFIXES
 from .figures import captioned, overlay
-from .inference import iter_outputs, load_run
+from .inference import iter_outputs, load_run, uncalibrated_note
 from .metrics import infection_pct, severity_band_name
 from .runs import run_subdir
 
@@ -110,6 +110,8 @@ def predict(
     out = Path(out) if out else run_subdir(loaded.dir, "predictions", f"{datetime.now():%Y%m%d-%H%M%S}")
     if (out / "predictions.csv").exists():
         raise CovfastError(f"{out} already holds predictions.csv; choose another --out")
+    if say and uncalibrated_note(loaded):
+        say(uncalibrated_note(loaded))
     if not loaded.spec.lungs and lung_masks is None and say:
         say(f"{loaded.name} has no lung output (it was trained before covfast outlined the lungs): infection % of lung "
             f"needs --lung-masks")
@@ -153,19 +155,22 @@ def predict(
     return table, failures, out
 
 
-def caption(decided: str, prob: float, mask: np.ndarray, pct: float) -> str:
-    "An overlay's caption: the decision and its probability, the outline's share of the lungs, and what it is not."
-    said = f"{decided} (p {prob:.2f}) · " if decided else ""
-    share = f"{pct:.1f}% of lung · " if pct == pct else ""
-    return f"{said}{'outlined' if mask.any() else 'nothing outlined'} · {share}{CAPTION_NOTE}"
+def caption(decided: str, prob: float, pct: float) -> str:
+    "An overlay's caption: the verdict (`decision.OUTCOMES`) and its probability, the outline's share of the lungs, and what it is not."
+    said = f"{decided} (p {prob:.2f})" if prob == prob else decided
+    share = f" · {pct:.1f}% of lung" if pct == pct else ""
+    return f"{said}{share} · {CAPTION_NOTE}"
 
 
 def prediction_summary(table: pd.DataFrame, failures: list[PredictFailure], folder: Path) -> str:
-    "The line `covfast predict` ends with: X-rays outlined, left empty and failed, and where the files are."
+    "The line `covfast predict` ends with: X-rays per verdict and failed, and where the files are."
     unread = sum(f.kind == "image" for f in failures)
-    outlined = int((table.infected_pixels > 0).sum())
-    return (f"{len(table) + unread} X-rays: {outlined} outlined, {len(table) - outlined} left empty, {unread} could not "
-            f"be read. Masks, overlays and predictions.csv are in {folder}")
+    count = lambda said: int((table.decision == said).sum())  # noqa: E731
+    flagged = count(FLAGGED)
+    return (f"{len(table) + unread} X-rays: {count(OUTLINED)} outlined ({OUTLINED}), "
+            + (f"{flagged} {FLAGGED}, " if flagged else "")
+            + f"{count(EMPTY)} left empty ({EMPTY}), {unread} could not be read. Masks, overlays and predictions.csv "
+              f"are in {folder}")
 
 
 @dataclass
@@ -174,7 +179,7 @@ class Outline:
     gray: np.ndarray  # the X-ray, (H, W) uint8
     mask: np.ndarray  # the infection, (H, W) bool, after the decision
     prob: float  # the image head's probability (NaN without the head)
-    decided: str  # "COVID-19 infection", "no COVID-19 infection", or "" without the head
+    decided: str  # the verdict: one of `decision.OUTCOMES`
     lung: np.ndarray | None  # the lungs severity is measured with (given, else the model's own), or None
     lung_source: str  # "given", "predicted" or ""
     predicted_lung: np.ndarray | None  # the model's own lungs, or None
@@ -199,11 +204,10 @@ def outline(output, gray: np.ndarray, decision, given_lung: np.ndarray | None = 
     predicted = predicted[0].cpu().numpy() if predicted is not None else None
     lung, source = (given_lung, "given") if given_lung is not None else (predicted, "predicted" if predicted is not None else "")
     pct = infection_pct(mask, lung) if lung is not None else float("nan")
-    keep = decision.keep(output)  # the same rule that emptied (or kept) the mask
-    decided = "" if prob is None else "COVID-19 infection" if bool(keep[0]) else "no COVID-19 infection"
+    decided, = decision.outcomes(output, mask[None])  # the verdict of the rule that emptied (or kept) the mask
     p = float(prob[0]) if prob is not None else float("nan")
     return Outline(gray, mask, p, decided, lung, source, predicted, pct, overlay(gray, mask, lung=lung),
-                   caption(decided, p, mask, pct))
+                   caption(decided, p, pct))
 
 
 def _given_lung(path: Path, shape: tuple[int, int], fail) -> np.ndarray | None:

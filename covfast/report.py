@@ -10,6 +10,7 @@ import pandas as pd
 from .cases import infer_cases, report_case, report_picks
 from .config import Config
 from .dataset import canonical_root
+from .decision import EMPTY, FLAGGED, OUTLINED
 from .evaluate import band_confusion, confusion_table, evaluated, reference_table
 from .figures import case_figure, plot_history, roc_figure, severity_figure
 from .inference import load_run
@@ -53,7 +54,7 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
         (out / "lr_find.png").write_bytes((run_dir / "lr_find.png").read_bytes())
         sections.append(("Learning-rate finder", "<img src='lr_find.png' alt='lr_find plot'>"))
     cols = ["group", "n", "dice", "dice_ci_low", "dice_ci_high", "iou", "dice_pooled", "iou_pooled",
-            "sensitivity", "specificity"]
+            "sensitivity", "specificity", *(["flagged"] if "flagged" in summary and summary.flagged.notna().any() else [])]
     synthetic = is_synthetic(spec.data_root)
     reference = ("<h3>Against the reference study</h3><p>Not comparable: synthetic data.</p>" if synthetic else
                  "<h3>Against the reference study</h3>" + html_table(reference_table(summary)))
@@ -71,9 +72,12 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
         roc_figure(per_image, threshold, out / "roc.png")
         aucs = summary[summary.auc.notna()][["group", "n", "auc", "auc_ci_low", "auc_ci_high"]]
         sections.append(("Image level: which X-rays have COVID-19 infection",
-                         f"<p>An image gets an outline when the image head's probability is above {threshold:.4g}"
+                         f"<p>The image head keeps an X-ray when its probability is above {threshold:.4g}"
                          f"{' (calibrated on ' + html.escape(decision.split) + ')' if decision.split else ' (not calibrated)'}; "
-                         "below it, an empty mask. AUC: telling COVID-19 from the group's images.</p>"
+                         f"at or below it, the mask is empty: <em>{EMPTY}</em>. A kept X-ray is <em>{OUTLINED}</em> "
+                         f"when the segmentation outlines any pixel of it, and <em>{FLAGGED}</em> when it outlines none. "
+                         "The dots on the curves are the threshold: the share of each class the head keeps. "
+                         "AUC: telling COVID-19 from the group's images.</p>"
                          "<img src='roc.png' alt='ROC curves'>" + html_table(aucs)
                          + "<h3>Decision per class</h3>" + html_table(confusion_table(per_image), index=True)))
     for i, (title, rows) in enumerate(report_picks(per_image)):

@@ -75,13 +75,31 @@ def _lr_find(learn: Learner, num_it: int | None = None):
     with tempfile.TemporaryDirectory() as tmp:
         learn.path, learn.model_dir = Path(tmp), "models"
         try:
-            suggestions = learn.lr_find(suggest_funcs=SUGGESTIONS, num_it=num_it, show_plot=True)
+            suggestions = learn.lr_find(suggest_funcs=SUGGESTIONS, num_it=num_it, show_plot=False)
         finally:
             learn.path, learn.model_dir = path, model_dir
-    fig = plt.gcf()
-    fig.set_size_inches(6, 4)
-    fig.axes[0].set_title(f"lr_find over {len(learn.recorder.lrs)} mini-batches; dots: the suggestions", fontsize=10)
-    return suggestions, fig
+    return suggestions, lr_find_figure(learn.recorder.lrs, learn.recorder.losses, suggestions._asdict())
+
+
+def lr_find_figure(lrs, losses, suggestions: dict[str, float]):
+    """lr_find's loss against the learning rate (the last 5 points left out, as fastai's plot does), with each
+    suggestion a dot at the very learning rate printed for it ('minimum' is fastai's: the loss's minimum / 10);
+    a suggestion the curve gave none for is named in the legend as n/a, with no dot."""
+    lrs = np.asarray(lrs[:-5] if len(lrs) > 10 else lrs, dtype=float)
+    losses = np.asarray([float(v) for v in (losses[:-5] if len(losses) > 10 else losses)], dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    for (name, value), colour in zip(suggestions.items(), ("C1", "C2", "C3", "C4")):
+        if value == value and len(lrs):
+            ax.plot([value], [np.interp(np.log(value), np.log(lrs), losses)], "o", color=colour,
+                    label=f"{name}: {value:.2e}")
+        else:
+            ax.plot([], [], "o", color=colour, alpha=0.3, label=f"{name}: n/a (curve too short)")
+    ax.set_xscale("log"), ax.set_xlabel("learning rate"), ax.set_ylabel("loss")
+    ax.set_title(f"lr_find over {len(lrs)} mini-batches; dots: the suggestions", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def lr_find_doubt(suggestions: dict[str, float], learn: Learner) -> str | None:
@@ -311,11 +329,13 @@ def _fit(learn: Learner, run_dir: Path, spec: RunSpec, cfg: dict[str, Any], comp
 
 
 def best_epoch(history: pd.DataFrame) -> pd.Series:
-    "The history row of the epoch whose weights model.pth holds (the best `metrics.MODEL_CHOICE`; the first of ties)."
+    """The history row of the epoch whose weights model.pth holds: the best `metrics.MODEL_CHOICE`; of epochs tied
+    on it, the one of lowest valid loss (then the first)."""
     scores = history[MODEL_CHOICE]
     if scores.isna().all():  # a run from before the model-choice score: it chose by valid mean Dice
         scores = history.valid_dice_mean
-    return history.loc[scores.idxmax()]
+    tied = history[scores == scores.max()]
+    return tied.loc[tied.valid_loss.idxmin()] if tied.valid_loss.notna().any() else history.loc[scores.idxmax()]
 
 
 def training_summary(run_dir: str | Path) -> str:
@@ -327,7 +347,11 @@ def training_summary(run_dir: str | Path) -> str:
     figures = (f"valid COVID-19 Dice {best.valid_dice_covid:.4f}, empty-truth images left empty {best.valid_empty_left:.4f}, "
                f"score {best[MODEL_CHOICE]:.4f}" if best[MODEL_CHOICE] == best[MODEL_CHOICE] else
                f"valid mean Dice {best.valid_dice_mean:.4f}")
-    return f"Done: {run_dir} (model.pth holds epoch {int(best.epoch)} of {int(history.epoch.max())}: {figures})"
+    done = f"Done: {run_dir} (model.pth holds epoch {int(best.epoch)} of {int(history.epoch.max())}: {figures})"
+    if best.get("valid_dice_covid") == 0:  # said plainly: a user would otherwise read on as if it outlined something
+        done += ("\nThis model outlines no COVID-19 infection yet (valid COVID-19 Dice 0 at the epoch it kept): train "
+                 "longer (more --epochs), or try another --lr (covfast lr-find)")
+    return done
 
 
 def find_lr(

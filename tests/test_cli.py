@@ -47,11 +47,13 @@ def test_every_command_and_option_has_help_text():
     assert "Images per class" in out and "--per-class" in out
 
 
-def test_debug_shows_traceback(tmp_path):
+def test_debug_shows_traceback_and_a_bad_input_still_exits_2(tmp_path):
     plain = runner.invoke(app, ["data", "summary", "--data", str(tmp_path / "nope")])
     assert plain.exit_code == 2 and "does not exist" in plain.stderr and "Traceback" not in plain.output
     debug = runner.invoke(app, ["--debug", "data", "summary", "--data", str(tmp_path / "nope")])
-    assert debug.exit_code != 0 and debug.exception is not None
+    assert debug.exit_code == 2 and "Traceback" in debug.stderr and "does not exist" in debug.stderr.splitlines()[-1]
+    typo = runner.invoke(app, ["--debug", "train", "nosucharch"])
+    assert typo.exit_code == 2 and "Traceback" in typo.stderr
 
 
 def test_synth_then_summary(tmp_path):

@@ -117,4 +117,10 @@ def test_the_written_decision_is_the_one_that_emptied_the_mask():
     assert outline(out, gray, Decision(threshold=0.9)).decided == "no COVID-19 infection"
     gated = outline(out, gray, Decision(threshold=0.5, gate_topk=0.25, gate_margin=5.0))  # top 4 pixels: margin 3 < 5
     assert gated.mask.sum() == 0 and gated.decided == "no COVID-19 infection"
-    assert outline(model_output(infection=infection), gray, Decision()).decided == ""  # no head: no decision to write
+    # no head: the segmentation's own verdict
+    assert outline(model_output(infection=infection), gray, Decision()).decided == "COVID-19 infection"
+    assert outline(model_output(infection=-infection), gray, Decision()).decided == "no COVID-19 infection"
+    # the head keeps it (0.881 > 0.5), no pixel beats the background: one named outcome, not "COVID-19 infection"
+    flagged = outline(model_output(infection=-infection, covid=torch.tensor([2.0])), gray, Decision(threshold=0.5))
+    assert flagged.mask.sum() == 0 and flagged.decided == "COVID-19 flagged, nothing outlined"
+    assert flagged.caption.startswith("COVID-19 flagged, nothing outlined (p 0.88)")
