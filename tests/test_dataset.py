@@ -107,11 +107,14 @@ def test_real_data_summary(real_root):
         result = runner.invoke(app, ["data", "summary", "--data", str(root)])
         assert result.exit_code == 0, result.output
         rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.split()}
-        assert rows["Train"] == ["540", "270", "270", "1080"]
-        assert rows["Val"] == ["466", "233", "233", "932"]
-        # the shared copy's Test: 12 official Test triplets and 800 disjoint stand-ins (its PROVENANCE.md)
-        assert rows["Test"] == ["404", "204", "204", "812"]
-        assert rows["Total"] == ["1410", "707", "707", "2824"]
+        # each count as the folders hold it (the shared copy's Train has grown once already: PROVENANCE.md)
+        counted = {s: [sum(1 for _ in (real_root / DATASET_DIR / s / c / "images").glob("*.png"))
+                       for c in ("COVID-19", "Non-COVID", "Normal")] for s in ("Train", "Val", "Test")}
+        for split, counts in counted.items():
+            assert rows[split] == [str(n) for n in (*counts, sum(counts))], split
+        total = [sum(c) for c in zip(*counted.values())]
+        assert rows["Total"] == [str(n) for n in (*total, sum(total))]
+        assert rows["Val"] == ["466", "233", "233", "932"]  # Val is the whole COVID-QU-Ex Val split
 
 
 @pytest.mark.slow

@@ -46,7 +46,10 @@ RAMP = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (8, 1))  # 8 x 16, 0 .. 24
 def test_monochrome2_reads_as_stored_and_monochrome1_inverted(tmp_path):
     plain = read_xray(write_dicom(tmp_path / "m2.dcm", RAMP))
     assert plain.dtype == np.uint8 and plain.shape == (8, 16)
-    assert plain[0, 0] == 0 and plain[0, -1] == 255  # the image's own range, stretched to 0..255
+    # 8-bit with no window: kept as stored, so it is the very gray a PNG of the same pixels gives (not stretched)
+    from PIL import Image
+    Image.fromarray(RAMP).save(tmp_path / "m2.png")
+    assert (plain == RAMP).all() and (plain == read_xray(tmp_path / "m2.png")).all()
     inverted = read_xray(write_dicom(tmp_path / "m1.dcm", RAMP, photometric="MONOCHROME1"))
     assert (inverted.astype(int) + plain.astype(int) == 255).all()  # low values bright in the file: bone bright here
 
@@ -87,3 +90,49 @@ def test_predict_reads_dicom_beside_pngs_and_goes_on_past_bad_ones(synth_root, t
     assert result.exit_code == 1 and "no-image.dcm" in result.stderr and "without pixel data" in result.stderr
     table = pd.read_csv(tmp_path / "p" / "predictions.csv")
     assert len(table) == 1 and table["mask"][0] == "masks/chest.png" and (tmp_path / "p" / "overlays" / "chest.png").is_file()
+
+
+def test_an_empty_window_center_falls_back_to_the_image_range(tmp_path):
+    "A user's DICOM with Window Center and Width present but empty: read as if it had no window, not a TypeError."
+    stored = np.tile(np.array([0, 1000, 2000, 4000], np.uint16), (4, 1))
+    path = write_dicom(tmp_path / "w.dcm", stored, bits_stored=12, WindowCenter=None, WindowWidth=None)
+    assert read_xray(path)[0].tolist() == [0, 64, 128, 255]
+
+
+def test_a_dicom_cut_short_is_named_damaged_not_compressed(tmp_path):
+    "The header promises 8x16 bytes; the file holds half: one line saying so, and no advice to install a decoder."
+    path = write_dicom(tmp_path / "short.dcm", RAMP)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = RAMP.tobytes()[:64]
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(CovfastError, match="promises 128 bytes of pixel data .* holds 64") as e:
+        read_xray(path)
+    assert "pylibjpeg" not in str(e.value) and "compressed" not in str(e.value)
+    cut = tmp_path / "cut.dcm"  # the file itself truncated mid pixel data
+    cut.write_bytes(write_dicom(tmp_path / "whole.dcm", RAMP).read_bytes()[:-40])
+    with pytest.raises(CovfastError, match="damaged") as e:
+        read_xray(cut)
+    assert "pylibjpeg" not in str(e.value)
+
+
+def test_a_corrupt_dicom_is_named_corrupt_and_pydicom_warns_nothing_on_the_terminal(tmp_path, recwarn):
+    path = tmp_path / "junk.dcm"
+    whole = write_dicom(tmp_path / "good.dcm", RAMP).read_bytes()
+    path.write_bytes(whole[:132] + bytes(range(256)) * 4)  # the DICM mark, then noise
+    with pytest.raises(CovfastError, match="damaged") as e:
+        read_xray(path)
+    assert "without pixel data" not in str(e.value)
+    assert not [w for w in recwarn if "pydicom" in (w.filename or "") or "pydicom" in str(w.message)]
+
+
+def test_a_small_compressed_dicom_that_decodes_huge_is_refused_before_decoding(tmp_path):
+    "62 KB on disk, 8000x8000 once decoded: refused on its header (the PNG limit), nothing decoded."
+    path = write_dicom(tmp_path / "huge.dcm", None, syntax=JPEGBaseline8Bit)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 8000, 8000, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8" + bytes(60000) + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(CovfastError, match="8000x8000 pixels, larger than covfast reads \\(50 megapixels at most\\)"):
+        read_xray(path)

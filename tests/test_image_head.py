@@ -110,9 +110,9 @@ def test_show_results_titles_each_prediction_with_its_probability_and_dice(synth
     assert list(shown.columns) == ["truth", "p_covid", "decision", "dice"] and len(shown) == 4
     # the unshuffled Val batch opens with COVID-19 images, where an empty mask scores Dice 0
     assert set(shown.truth) == {"infection"} and (shown.dice == 0).all()
-    assert shown.p_covid.round(4).eq(0.7311).all() and set(shown.decision) == {"empty mask"}
+    assert shown.p_covid.round(4).eq(0.7311).all() and set(shown.decision) == {"no COVID-19 infection"}
     titles = [ax.get_title() for ax in plt.gcf().axes if ax.images]
-    assert titles[1::2] == [f"p(COVID-19) 0.73: empty mask\nDice {d:.2f}" for d in shown.dice]
+    assert titles[1::2] == [f"p(COVID-19) 0.73: no COVID-19 infection\nDice {d:.2f}" for d in shown.dice]
     plt.close("all")
 
 

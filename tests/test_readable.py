@@ -89,13 +89,20 @@ def test_predict_ends_with_its_counts_and_captions_its_overlays(synth_root, tmp_
     (folder / "broken.png").write_text("not an image")
     result = cli("predict", "h", folder, "--out", "p")
     assert result.exit_code == 1
-    assert "3 X-rays: 0 outlined, 2 left empty, 1 could not be read. Masks, overlays and predictions.csv are in p" in result.stdout
+    assert ("3 X-rays: 0 outlined (COVID-19 infection), 2 left empty (no COVID-19 infection), 1 could not be read. "
+            "Masks, overlays and predictions.csv are in p") in result.stdout
     table = pd.read_csv(tmp_path / "p" / "predictions.csv")
     assert table.p_covid.tolist() == [0.7311, 0.7311]  # 4 decimals
+    assert (np.asarray(Image.open(tmp_path / "p" / table["mask"][0])).shape == (64, 64))  # masks at the X-ray's size
     overlay = np.asarray(Image.open(tmp_path / "p" / table.overlay[0]))
-    assert overlay.shape[0] > 64 and overlay.shape[1] == 64  # the X-ray, and its caption below it
-    band = overlay[64:]
+    # the 64-px X-ray enlarged 4 times (pixels as blocks) so its caption reads as lines, the caption below it
+    assert overlay.shape[1] == 256 and overlay.shape[0] > 256
+    assert (overlay[:256:4, :256:4] == overlay[1:256:4, 1:256:4]).all()
+    band = overlay[256:]
     assert band.mean() < 60 and (band > 200).any()  # light letters on a dark band
+    lines = (band.max(axis=(1, 2)) > 200)  # the caption's rows of text: a few lines, not a column of single words
+    starts = np.flatnonzero(lines[1:] & ~lines[:-1])
+    assert 1 <= len(starts) <= 3, len(starts)
 
 
 def test_help_shows_values_not_setting_names():
