@@ -18,8 +18,8 @@ except ImportError:
 from typer.core import TyperGroup, TyperOption
 
 from . import __version__
-from .config import DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, Config, load_config
-from .errors import CovfastError, format_problems, os_problem
+from .config import DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, MAXIMUMS, Config, load_config
+from .errors import CovfastError, environment_problem, format_problems, os_problem
 
 __all__ = ["app", "main"]
 
@@ -41,6 +41,9 @@ class _Group(TyperGroup):
             if isinstance(e, OSError):  # the machine's side: a full disk, a read-only folder, a file where a folder goes
                 typer.echo(f"covfast: error: {os_problem(e)}", err=True)
                 raise typer.Exit(2)
+            if environment_problem(e):  # the installation, not the command: what to install
+                typer.echo(f"covfast: error: {environment_problem(e)}", err=True)
+                raise typer.Exit(1)
             if isinstance(e, RuntimeError) and str(e).startswith("Symlink loop"):  # pathlib's resolve() says so
                 path = str(e).split("from ", 1)[-1].strip("'")
                 typer.echo(f"covfast: error: {os_problem(OSError(errno.ELOOP, 'Too many levels of symbolic links', path))}",
@@ -146,8 +149,8 @@ def _note_absent_splits(root) -> None:
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write 'Infection Segmentation Data' into.", show_default=False)],
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Images per class in each of Train, Val and Test.")] = 20,
-    size: Annotated[int, typer.Option("--size", min=32, help="Image side in pixels.")] = 256,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives byte-identical files.")] = 0,
+    size: Annotated[int, typer.Option("--size", min=32, max=MAXIMUMS["img_size"], help="Image side in pixels.")] = 256,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAXIMUMS["seed"], help="Random seed: the same seed gives byte-identical files.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace a tree that an earlier `covfast synth` wrote in OUT.")] = False,
 ) -> None:
     """Write a synthetic dataset in the exact COVID-QU-Ex layout (for tests and demos, not accuracy)."""
@@ -160,14 +163,14 @@ def synth(
 ArchArg = Annotated[str, typer.Argument(
     help="Model: attention-unet, resnet34 (DynamicUnet on ResNet34; also resnet18/50/101) or timm/NAME "
          "(a timm CNN encoder, e.g. timm/efficientnet_b0).", show_default=False)]
-SizeOpt = Annotated[Optional[int], typer.Option("--size", min=16, help=f"Image side the items are resized to. Default: {SET.img_size} {_FROM.format('IMG_SIZE')}.", show_default=False)]
+SizeOpt = Annotated[Optional[int], typer.Option("--size", min=16, max=MAXIMUMS["img_size"], help=f"Image side the items are resized to. Default: {SET.img_size} {_FROM.format('IMG_SIZE')}.", show_default=False)]
 BsOpt = Annotated[Optional[int], typer.Option("--bs", min=1, help=f"Batch size. Default: {SET.bs} {_FROM.format('BS')}.", show_default=False)]
 ClassesOpt = Annotated[Optional[str], typer.Option(
     "--classes", help="Classes to train on: 'all' (COVID-19, Non-COVID, Normal) or a comma-separated subset, e.g. "
                       f"COVID-19,Non-COVID for the reference study's setting. Default: {', '.join(SET.classes)} "
                       f"{_FROM.format('CLASSES')}.",
     show_default=False)]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help=f"Random seed. Default: {SET.seed} {_FROM.format('SEED')}.", show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, max=MAXIMUMS["seed"], help=f"Random seed. Default: {SET.seed} {_FROM.format('SEED')}.", show_default=False)]
 DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", help="cpu or cuda. Default: cuda when PyTorch sees a GPU, else cpu.", show_default=False)]
 PrecisionOpt = Annotated[Optional[str], typer.Option(

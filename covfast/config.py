@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from .errors import CovfastError
 
-__all__ = ["CLASSES", "DEFAULT_CLS_WEIGHT", "DEFAULT_LUNG_WEIGHT", "MINIMUMS", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
+__all__ = ["CLASSES", "DEFAULT_CLS_WEIGHT", "DEFAULT_LUNG_WEIGHT", "MINIMUMS", "MAXIMUMS", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
 
 # The three class folders of COVID-QU-Ex, in the dataset's order.
 CLASSES: tuple[str, ...] = ("COVID-19", "Non-COVID", "Normal")
@@ -86,6 +86,9 @@ def parse_lr(value: str | float) -> float | None:
 # The smallest value of each integer setting, the same for a flag, COVFAST_* and settings.ini
 # (img_size: the Attention U-Net's four poolings need 16 px).
 MINIMUMS: dict[str, int] = {"img_size": 16, "bs": 1, "epochs": 1, "num_workers": 0, "seed": 0}
+# The largest, where one is needed: 4096 px is 16 times COVID-QU-Ex's 256 (one such batch of 8 is 1.6 GB of
+# input alone); a larger side fails deep inside torch (OverflowError, "array is too big")
+MAXIMUMS: dict[str, int] = {"img_size": 4096, "seed": 2**32 - 1}  # seed: the largest NumPy and torch both accept
 
 
 def _convert(name: str, raw: str, source: str) -> Any:
@@ -96,6 +99,8 @@ def _convert(name: str, raw: str, source: str) -> Any:
             value = int(raw)
             if value < MINIMUMS.get(name, 0):
                 raise CovfastError(f"{name}={raw!r} must be an integer >= {MINIMUMS.get(name, 0)}")
+            if name in MAXIMUMS and value > MAXIMUMS[name]:
+                raise CovfastError(f"{name}={raw!r} must be an integer <= {MAXIMUMS[name]}")
             return value
         if name == "classes":
             return parse_classes(raw)

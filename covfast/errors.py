@@ -2,7 +2,7 @@
 
 import errno
 
-__all__ = ["CovfastError", "format_problems", "os_problem"]
+__all__ = ["CovfastError", "format_problems", "os_problem", "environment_problem"]
 
 
 class CovfastError(ValueError):
@@ -36,3 +36,29 @@ def os_problem(e: OSError) -> str:
     where = e.filename or "a file covfast was writing"
     what = e.strerror or (str(e).splitlines()[0] if str(e) else e.__class__.__name__)
     return f"{where}: {what}; {_FIXES.get(e.errno, 'check the path and the disk')}"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def environment_problem(e: BaseException) -> str | None:
+    """One line for an installation that cannot run covfast, naming what to do; None for any other error.
+    A torchvision built for another torch fails at fastai's import with 'operator torchvision::nms does not exist'."""
+    if isinstance(e, (RuntimeError, ImportError, AttributeError)) and "torchvision::" in str(e):
+        torch, vision = _version("torch"), _version("torchvision")
+        try:
+            major, minor = (int(p) for p in torch.split("+")[0].split(".")[:2])
+            match = f"torchvision 0.{minor + 15}.* goes with torch {major}.{minor}"
+        except ValueError:
+            match = "each torch release has its own torchvision"
+        return (f"torchvision {vision} was built for another torch than the installed torch {torch} ({match}): install "
+                f"the two together from one index, e.g. pip install --force-reinstall 'torch=={torch.split('+')[0]}' "
+                f"'torchvision=={match.split()[1] if match.startswith('torchvision') else ''}' --index-url "
+                f"https://download.pytorch.org/whl/cpu")
+    return None

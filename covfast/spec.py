@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import CLASSES, DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, MINIMUMS, Config, parse_classes, parse_lr
+from .config import CLASSES, DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, MAXIMUMS, MINIMUMS, Config, parse_classes, parse_lr
 from .dataset import canonical_root
 from .errors import CovfastError
 from .models import DEFAULT_FEATURES, check_arch
@@ -34,8 +34,6 @@ FLAGS: dict[str, str] = {
 # ("pretrained": whether ImageNet weights were used, "precision": the mode it ran in)
 _JSON_KEYS = {"pretrained": "pretrained_requested", "precision": "precision_requested"}
 _PRECISIONS = ("auto", "fp32", "bf16")
-# the largest seed NumPy and torch both accept
-_MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -200,9 +198,9 @@ def _normal(name: str, value: Any, arch: str) -> Any:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("is not an integer")
-        low = MINIMUMS.get(name, 0)
-        if value < low or (name == "seed" and value > _MAX_SEED):
-            raise ValueError(f"must be an integer >= {low}" + (f" and <= {_MAX_SEED}" if name == "seed" else ""))
+        low, high = MINIMUMS.get(name, 0), MAXIMUMS.get(name)
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be an integer >= {low}" + (f" and <= {high}" if high is not None else ""))
         return value
     if name in _FLOATS:
         if isinstance(value, str):

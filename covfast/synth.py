@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .config import CLASSES
+from .config import CLASSES, MAXIMUMS
 from .dataset import DATASET_DIR, SPLITS, SUBDIRS
 from .errors import CovfastError
 
@@ -134,8 +134,10 @@ def write_synthetic(
     progress: Callable[[Iterable, int], Iterable] | None = None,
 ) -> Path:
     "Write a synthetic tree in the exact COVID-QU-Ex layout; the same arguments give the same bytes."
-    if per_class < 1 or size < 32:
-        raise CovfastError(f"--per-class must be >= 1 and --size >= 32 (got {per_class}, {size})")
+    if per_class < 1 or not 32 <= size <= MAXIMUMS["img_size"]:
+        raise CovfastError(f"--per-class must be >= 1 and --size between 32 and {MAXIMUMS['img_size']} (got {per_class}, {size})")
+    if not 0 <= seed <= MAXIMUMS["seed"]:
+        raise CovfastError(f"--seed must be between 0 and {MAXIMUMS['seed']} (got {seed})")
     out = Path(out).expanduser()
     target = out / DATASET_DIR
     params = {"per_class": per_class, "size": size, "seed": seed}
