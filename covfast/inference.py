@@ -58,7 +58,7 @@ def inference_learner(spec: RunSpec, decision: Decision | None = None, device: s
     """The learner of a spec on `inference_dataloaders` (validation transforms only, no data): evaluate, report,
     compare and predict work from the run directory alone."""
     dls = inference_dataloaders(spec.img_size, spec.bs, device=pick_device(device))
-    return covfast_learner(dls, spec, decision, pretrained=False, warn=False)[0]
+    return covfast_learner(dls, spec, decision, pretrained=False, warn=False, check_data=False)[0]
 
 
 def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None = None,

@@ -145,10 +145,14 @@ def covfast_learner(
     decision: Decision | None = None,  # the run's decision (default: threshold 0.5; `Decision.load` reads a calibrated one)
     pretrained: bool | None = None,  # override spec.pretrained: False where the weights come from a run's files
     warn: bool = True,  # print the one-line warning when pretrained weights cannot be had
+    check_data: bool = True,  # refuse DataLoaders whose targets do not fit the spec's outputs (inference's carry none)
 ) -> tuple[Learner, Pretrained]:
     """A Learner with covfast's model, loss and metrics for `spec`, in its precision on the data's device (bf16
     autocast where the CPU runs it natively: about twice as fast); a pretrained encoder comes frozen (unfreeze
-    before the main phase)."""
+    before the main phase). DataLoaders without lung masks for a spec with the lung output (or the reverse) are
+    refused: its lung head would get no gradient. `spec_dataloaders(spec)` builds the ones that fit."""
+    if check_data:
+        _check_targets(dls, spec)
     want = spec.pretrained if pretrained is None else pretrained
     if spec.arch == "attention-unet":
         status = Pretrained(False, "attention-unet has no pretrained weights; trained from scratch")
@@ -175,8 +179,26 @@ def covfast_learner(
     return learn, status
 
 
-def spec_dataloaders(spec: RunSpec, device: torch.device, num_workers: int = 0, **kwargs) -> DataLoaders:
-    "The Train/Val DataLoaders of a spec on `device`, with `loader_settings` (worker processes on CUDA)."
+def _check_targets(dls: DataLoaders, spec: RunSpec) -> None:
+    "One line when the DataLoaders' targets do not fit the spec's outputs (the lung masks, for the lung output)."
+    targets = len(dls.train_ds.tls) - dls.n_inp if hasattr(dls.train_ds, "tls") else None
+    if targets is None:
+        return
+    fix = "build them with spec_dataloaders(spec), or covid_dataloaders(..., lungs={})"
+    if spec.lungs and targets < 2:
+        raise CovfastError(f"the DataLoaders carry no lung masks, but the spec has a lung output (lung_weight "
+                           f"{spec.lung_weight:g}): its lung head would learn nothing; {fix.format(True)}, or give the "
+                           f"spec lung_weight=0")
+    if not spec.lungs and targets >= 2:
+        raise CovfastError(f"the DataLoaders carry lung masks, but the spec has no lung output (lung_weight 0): "
+                           f"{fix.format(False)}, or give the spec a lung_weight")
+
+
+def spec_dataloaders(spec: RunSpec, device: str | torch.device | None = None, num_workers: int = 0,
+                     **kwargs) -> DataLoaders:
+    """The Train/Val DataLoaders of a spec (its data root, classes, size, batch size, augmentation, and lung masks
+    when it has the lung output) on `device` (default: the GPU when there is one), with `loader_settings`."""
+    device = pick_device(device)
     settings = {**loader_settings(device, num_workers), **kwargs}
     return covid_dataloaders(spec.data_root, spec.img_size, spec.bs, spec.classes, augment=spec.augment,
                              lungs=spec.lungs, device=device, **settings)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import pickle
 import platform
+import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -135,7 +137,14 @@ def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except RuntimeError as e:  # torch.save's writer says "file write failed", not OSError, when the disk fills
+            if "write" not in str(e).lower():
+                raise
+            full = shutil.disk_usage(path.parent).free < (1 << 20)
+            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else
+                          f"the file could not be written ({str(e).strip().splitlines()[-1][:80]})", str(path)) from None
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; run files get the user's umask like any other file
         os.replace(tmp, path)
     finally:

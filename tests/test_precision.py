@@ -133,9 +133,25 @@ def test_a_learner_gets_the_precision_of_its_spec(synth_root, monkeypatch):
     from covfast.spec import RunSpec
 
     monkeypatch.setattr(precision_mod, "cpu_runs_bf16", lambda: True)
-    dls = covid_dataloaders(synth_root, img_size=32, bs=4, device="cpu")
+    dls = covid_dataloaders(synth_root, img_size=32, bs=4, device="cpu", lungs=True)
     kinds = lambda learn: [type(cb) for cb in learn.cbs]  # noqa: E731
     learn, _ = covfast_learner(dls, RunSpec("attention-unet", features=(4, 8)))
     assert learner_precision(learn).mode == "bf16" and kinds(learn).count(DeviceMixedPrecision) == 1
     learn, _ = covfast_learner(dls, RunSpec("attention-unet", features=(4, 8), precision="fp32"))
     assert learner_precision(learn).mode == "fp32" and DeviceMixedPrecision not in kinds(learn)
+
+
+def test_dataloaders_without_lung_masks_are_refused_for_a_spec_with_the_lung_output(synth_root):
+    "The README's old snippet: lungs=False data for a lung spec trained a lung head that got no gradient, silently."
+    from covfast.data import covid_dataloaders
+    from covfast.learner import covfast_learner, spec_dataloaders
+    from covfast.spec import RunSpec
+
+    spec = RunSpec("attention-unet", data_root=str(synth_root), img_size=32, bs=4, features=(4, 8))
+    with pytest.raises(CovfastError, match="carry no lung masks, but the spec has a lung output .* spec_dataloaders") as e:
+        covfast_learner(covid_dataloaders(synth_root, img_size=32, bs=4, device="cpu"), spec)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CovfastError, match="carry lung masks, but the spec has no lung output"):
+        covfast_learner(covid_dataloaders(synth_root, img_size=32, bs=4, device="cpu", lungs=True), spec.replace(lung_weight=0))
+    learn, _ = covfast_learner(spec_dataloaders(spec, "cpu"), spec)  # the spec's own: accepted
+    assert len(learn.dls.one_batch()) == 3

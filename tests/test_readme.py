@@ -5,6 +5,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -20,6 +21,15 @@ def test_the_readmes_notebook_snippet_runs(synth_root, tmp_path, monkeypatch):
             .replace("lr_find()", "lr_find(num_it=10)"))
     assert tiny.count(str(synth_root)) == 2 and "img_size=32" in tiny  # every substitution found its text
     namespace: dict = {}
-    exec(compile(tiny, str(README), "exec"), namespace)
+    # the first paragraph trains a learner by hand: its lung output must learn (its DataLoaders carry lung masks)
+    first, rest = tiny.split("\n\n", 1)
+    lines = first.splitlines()
+    made = next(i for i, line in enumerate(lines) if "covfast_learner(" in line) + 1
+    exec(compile("\n".join(lines[:made]), str(README), "exec"), namespace)
+    last = [m for m in namespace["learn"].model.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 4][-1]
+    before = last.weight[2:].detach().clone()  # (background, lung) share the last 1x1 convolution with the infection's 2
+    exec(compile("\n".join(lines[made:]), str(README), "exec"), namespace)
+    assert (last.weight[2:].detach() - before).abs().max() > 0, "the lung output got no gradient"
+    exec(compile(rest, str(README), "exec"), namespace)
     assert (namespace["run"] / "report" / "index.html").is_file() and (namespace["run"] / "calibration.json").is_file()
     assert namespace["summary"].set_index("group").loc["All", "n"] == 18
