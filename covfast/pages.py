@@ -67,8 +67,13 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "this run iou": ("this run's IoU", "this run's IoU on the same image set"),
     "beats reference": ("beats the study", "whether this run's Dice is above the study's"),
     "class": ("class", "the X-rays' class"),
-    "outlined": ("outlined", "images that got an outline"),
-    "empty mask": ("left empty", "images that got no outline"),
+    # the three verdicts (covfast.decision.OUTCOMES), as the decision table counts them
+    "COVID-19 infection": ("COVID-19 infection", "images the image head kept and the segmentation outlined"),
+    "COVID-19 flagged, nothing outlined": ("COVID-19 flagged, nothing outlined",
+                                           "images the image head kept (probability above the threshold) but in which "
+                                           "the segmentation outlined no pixel"),
+    "no COVID-19 infection": ("no COVID-19 infection", "images left empty: the image head's probability at or below "
+                                                       "the threshold (a run without the head: nothing outlined)"),
     "metric": ("figure", "the figure compared (see the definitions of the report's tables)"),
     "mean_dice_difference": ("mean Dice difference", "mean over the same images of b's Dice minus a's"),
     "ci_low": ("CI low", "lower end of the bootstrap 95% interval of that mean"),
@@ -81,7 +86,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "b": ("b", "the run compared with it"),
 }
 # columns that hold counts (shown as integers) and learning rates (scientific notation)
-_COUNT_COLUMNS = {"n", "epoch", "tp", "fp", "fn", "a_better", "b_better", "ties", "no_pred_lung", "outlined", "empty mask"}
+_COUNT_COLUMNS = {"n", "epoch", "tp", "fp", "fn", "a_better", "b_better", "ties", "no_pred_lung", "COVID-19 infection",
+                  "COVID-19 flagged, nothing outlined", "no COVID-19 infection"}
 _LR_COLUMNS = {"lr", "lr_used", "learning rate"}
 METRICS_DOC = "docs/metrics.md"
 
