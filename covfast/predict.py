@@ -14,6 +14,7 @@ from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
 from .decision import EMPTY, FLAGGED, OUTLINED, image_probability, predicted_lung
+from .dataset import SUBDIRS
 from .dicom import DICOM_SUFFIXES
 from .figures import captioned, overlay
 from .inference import iter_outputs, load_run, uncalibrated_note
@@ -31,18 +32,31 @@ COLUMNS = ["file", "width", "height", "p_covid", "decision", "infected_pixels", 
            "infection_pct_of_lung", "severity_band", "lung_source", "mask", "lung_mask", "overlay"]
 
 
-def collect_images(paths: list[str | Path]) -> list[Path]:
-    "Files as given, and the image files (by suffix) inside folders, sorted; a missing path is an error."
-    files = []
+# the mask folders of a COVID-QU-Ex tree: the PNGs in them are masks, not X-rays
+MASK_FOLDERS = (SUBDIRS["infection_mask"], SUBDIRS["lung_mask"])
+
+
+def collect_images(paths: list[str | Path], say=None) -> list[Path]:
+    """Files as given, and the image files (by suffix) inside folders, sorted; a missing path is an error. Inside a
+    folder, the PNGs under a COVID-QU-Ex tree's mask folders ('infection masks', 'lung masks') are skipped, and
+    `say` is told how many (a file named on its own is always taken)."""
+    files, skipped = [], 0
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            masks = [f for f in found if set(f.relative_to(p).parts[:-1]) & set(MASK_FOLDERS)]
+            skipped += len(masks)
+            files.extend(f for f in found if f not in set(masks))
         elif p.is_file():
             files.append(p)
         else:
             raise CovfastError(f"{p} does not exist; pass image files or folders of images")
+    if skipped and say:
+        say(f"skipped {skipped} masks under '{MASK_FOLDERS[0]}/' and '{MASK_FOLDERS[1]}/' folders (a COVID-QU-Ex tree's "
+            f"masks, not X-rays); name a mask file itself to predict on it")
     if not files:
-        raise CovfastError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
+        raise CovfastError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}"
+                           + (f" besides {skipped} masks in mask folders" if skipped else ""))
     return files
 
 
@@ -101,7 +115,7 @@ def predict(
                                f"as X-rays; choose an --out outside it")
     if engine not in ("torch", "onnx"):
         raise CovfastError(f"--engine {engine!r} is not one of torch, onnx")
-    files = collect_images(paths)
+    files = collect_images(paths, say)
     learn, loaded = load_run(run, config.runs_dir, device if engine == "torch" else "cpu",
                              precision=config.precision if engine == "torch" else "fp32")
     if engine == "onnx":
