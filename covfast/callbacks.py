@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from fastai.callback.core import Callback
 from fastai.callback.tracker import TrackerCallback
 from fastai.learner import Learner
 
@@ -19,7 +21,7 @@ from . import distributed
 from .metrics import MODEL_CHOICE
 from .runs import HISTORY_COLUMNS, atomic_save, finite_weights, plain, read_history, write_history
 
-__all__ = ["RunDiverged", "random_states", "restore_random_states", "RunDirCallback"]
+__all__ = ["RunDiverged", "random_states", "restore_random_states", "RunDirCallback", "QuietConsoleBars"]
 
 
 class RunDiverged(Exception):
@@ -59,6 +61,26 @@ def restore_random_states(learn: Learner, states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
     for dl, state in zip(learn.dls.loaders, states["loaders"]):
         _shuffler(dl).rng.setstate(_python_state(state))
+
+
+class QuietConsoleBars(Callback):
+    """Where standard output is not a terminal (a log file, a pipe, CI), the batch progress bar is not redrawn: its
+    hundreds of carriage-return updates per epoch filled a redirected log (107 KB for `covfast demo`) with what a
+    reader never sees. The epoch table still prints, one line an epoch. A terminal and a notebook keep their bars."""
+    order = 61  # after fastai's ProgressCallback (60) has made the epoch's bar
+
+    def _quiet(self):
+        from fastprogress.fastprogress import ConsoleProgressBar
+
+        bar = getattr(getattr(self.learn, "progress", None), "pbar", None)
+        if isinstance(bar, ConsoleProgressBar) and not sys.stdout.isatty():
+            bar.display = False
+
+    def before_train(self):
+        self._quiet()
+
+    def before_validate(self):
+        self._quiet()
 
 
 class RunDirCallback(TrackerCallback):

@@ -85,6 +85,12 @@ DataOpt = Annotated[Optional[Path], typer.Option(
     show_default=False)]
 
 
+RunDataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help="Dataset root to score: the folder holding 'Infection Segmentation Data', that folder, or a "
+                   "train/val/test tree. Default: the data the run was trained on (its config.json).",
+    show_default=False)]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"covfast {__version__}")
@@ -280,7 +286,7 @@ def lr_find_cmd(
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for lr_find.png and lr_find.csv. Default: runs_dir/lr-find-<arch>-<time>.", show_default=False)] = None,
-    num_it: Annotated[Optional[int], typer.Option("--num-it", min=10, help="Mini-batches to try, from 1e-7 up. Default: two epochs of the training set, at most 100.", show_default=False)] = None,
+    num_it: Annotated[Optional[int], typer.Option("--num-it", min=10, help="Mini-batches to try, from 1e-7 up, over as many epochs as that takes. Default: 100 (fastai's); a curve of fewer than 50 is not trusted.", show_default=False)] = None,
     precision: PrecisionOpt = None,
     workers: WorkersOpt = None,
     cls_weight: ClsWeightOpt = None,
@@ -317,7 +323,7 @@ SplitOpt = Annotated[str, typer.Option("--split", help="Split to score: Train, V
 def evaluate_cmd(
     run: RunArg,
     split: SplitOpt = "Test",
-    data: DataOpt = None,
+    data: RunDataOpt = None,
     bs: BsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
@@ -340,7 +346,7 @@ def calibrate_cmd(
     specificity: Annotated[Optional[float], typer.Option("--specificity", min=0.0, max=1.0, help="Target: the share of the split's empty-truth images (Non-COVID, Normal) that get an empty mask.", show_default=False)] = None,
     sensitivity: Annotated[Optional[float], typer.Option("--sensitivity", min=0.0, max=1.0, help="Target: the share of the split's COVID-19 images that keep their outline. Default when neither is given: 0.95.", show_default=False)] = None,
     split: Annotated[str, typer.Option("--split", help="Split whose images set the threshold: Val; never the split you report on (evaluate refuses it).")] = "Val",
-    data: DataOpt = None,
+    data: RunDataOpt = None,
     bs: BsOpt = None,
     device: DeviceOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the run's existing calibration.json.")] = False,
@@ -359,7 +365,7 @@ def calibrate_cmd(
 def report_cmd(
     run: RunArg,
     split: SplitOpt = "Test",
-    data: DataOpt = None,
+    data: RunDataOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     allow_calibration_split: AllowCalibrationOpt = False,

@@ -19,6 +19,7 @@ from fastai.vision.core import imagenet_stats
 from fastai.vision.models.unet import DynamicUnet
 from torch import nn
 
+from .callbacks import QuietConsoleBars
 from .data import CODES, LUNG_CODES, covid_dataloaders, loader_settings
 from .decision import Decision, image_probability, learner_decision, predicted_lung
 from .errors import CovfastError
@@ -163,7 +164,7 @@ def covfast_learner(
     else:
         status = Pretrained(False, "--no-pretrained")
     stats = SegmentationStats()
-    common = dict(loss_func=SegLoss(spec, decision), opt_func=Adam, cbs=[stats],
+    common = dict(loss_func=SegLoss(spec, decision), opt_func=Adam, cbs=[stats, QuietConsoleBars()],
                   metrics=segmentation_metrics(stats, spec.image_head, spec.lungs))
     if spec.arch == "attention-unet":
         learn = CovfastLearner(dls, build_model(spec), **common)

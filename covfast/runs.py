@@ -105,15 +105,18 @@ class RunLock:
 
 
 def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
-    "A run directory from its path or its name under `runs_dir`."
-    for path in (Path(run), Path(runs_dir) / str(run)):
+    """A run directory from its path or its name under `runs_dir`. A path of more than one part (runs/x, /a/b)
+    is a path only: it is not looked for under `runs_dir` too (runs/runs/x)."""
+    given = Path(run)
+    places = [given] if given.is_absolute() or len(given.parts) > 1 else [given, Path(runs_dir) / str(run)]
+    for path in places:
         if (path / "config.json").is_file():
             return path
-    for path in (Path(run), Path(runs_dir) / str(run)):
+    for path in places:
         if _stillborn(path):
             raise CovfastError(f"{path} holds no run: it was stopped before its config.json was written; train it again "
                                f"with --name {path.name}")
-    raise CovfastError(f"no run directory {run!r} (looked for config.json in {Path(run)} and {Path(runs_dir) / str(run)})")
+    raise CovfastError(f"no run directory {run!r} (looked for config.json in {' and '.join(map(str, places))})")
 
 
 def run_subdir(run_dir: str | Path, *parts: str) -> Path:

@@ -49,19 +49,27 @@ def test_the_done_line_says_which_epoch_model_pth_holds_and_its_covid_dice(synth
 
 
 @pytest.mark.slow
-def test_lr_find_caps_its_iterations_by_the_data_and_marks_its_suggestions(synth_root):
+def test_lr_find_tries_fastais_100_batches_and_marks_each_suggestion_where_it_is_printed(synth_root):
     from covfast.learner import learner_for_spec
     from covfast.spec import RunSpec
     from covfast.train import _lr_find
 
     learn, _ = learner_for_spec(RunSpec("attention-unet", data_root=str(synth_root), img_size=32, bs=4, features=(4, 8)))
     suggestions, fig = _lr_find(learn)
-    assert len(learn.dls.train) == 4 and len(learn.recorder.lrs) <= 2 * 4  # two epochs of 18 images at bs 4
+    # 4 mini-batches an epoch: lr_find goes on over epochs until its 100 (or until the loss diverges)
+    assert len(learn.dls.train) == 4 and 50 <= len(learn.recorder.lrs) <= 100
     ax = fig.axes[0]
     labels = ax.get_legend_handles_labels()[1]
-    assert labels == ["valley", "slide", "minimum", "steep"]  # each suggestion marked on the plot
+    values = suggestions._asdict()
+    assert [label.split(":")[0] for label in labels] == ["valley", "slide", "minimum", "steep"]
+    for label, line in zip(labels, ax.get_lines()[1:]):  # each dot at the very learning rate printed for it
+        name = label.split(":")[0]
+        if values[name] == values[name]:
+            assert label == f"{name}: {values[name]:.2e}" and np.isclose(line.get_xdata()[0], values[name])
+        else:
+            assert "n/a" in label and len(line.get_xdata()) == 0
     result = cli("lr-find", "attention-unet", "--data", synth_root, "--size", "32", "--bs", "4", "--features", "4,8",
-                 "--out", "lrf")
+                 "--num-it", "50", "--out", "lrf")
     assert result.exit_code == 0, result.output
     assert "plot (the suggestions marked)" in result.stdout
 
@@ -70,13 +78,17 @@ def test_lr_find_says_when_its_valley_cannot_be_trusted():
     from types import SimpleNamespace
 
     from covfast.train import lr_find_doubt
-    lrs = list(np.logspace(-7, 1, 40))
-    losses = [2.0] * 20 + [1.0] * 10 + [3.0] * 10  # the minimum near 1e-3
+    lrs = list(np.logspace(-7, 1, 100))
+    losses = [2.0] * 50 + [1.0] * 25 + [3.0] * 25  # the minimum near 1e-3
     learn = SimpleNamespace(recorder=SimpleNamespace(lrs=lrs, losses=losses))
     at_min = lrs[int(np.argmin(losses[:-5]))]
-    assert lr_find_doubt({"valley": at_min / 10}, learn) is None
-    doubt = lr_find_doubt({"valley": at_min / 1000}, learn)
-    assert doubt and "not within two decades" in doubt and "--num-it" in doubt
+    assert lr_find_doubt({"valley": at_min / 10}, learn) is None and lr_find_doubt({"valley": at_min / 500}, learn) is None
+    doubt = lr_find_doubt({"valley": at_min / 10000}, learn)
+    assert doubt and "not within three decades" in doubt and "--num-it" in doubt
+    # the demo's data with a cap of two epochs: 12 mini-batches, too few whatever the valley
+    short = SimpleNamespace(recorder=SimpleNamespace(lrs=lrs[::9][:12], losses=losses[::9][:12]))
+    doubt = lr_find_doubt({"valley": 2.15e-06}, short)
+    assert doubt and "tried 12 mini-batches, too few" in doubt
 
 
 def test_predict_ends_with_its_counts_and_captions_its_overlays(synth_root, tmp_path, fake_run):
