@@ -176,7 +176,7 @@ ClassesOpt = Annotated[Optional[str], typer.Option(
                       f"COVID-19,Non-COVID for the reference study's setting. Default: {', '.join(SET.classes)} "
                       f"{_FROM.format('CLASSES')}.",
     show_default=False)]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, max=MAXIMUMS["seed"], help=f"Random seed. Default: {SET.seed} {_FROM.format('SEED')}.", show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help=f"Random seed. Default: {SET.seed} {_FROM.format('SEED')}.", show_default=False)]
 DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", help="cpu or cuda. Default: cuda when PyTorch sees a GPU, else cpu.", show_default=False)]
 PrecisionOpt = Annotated[Optional[str], typer.Option(

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from .errors import CovfastError
 
-__all__ = ["CLASSES", "DEFAULT_CLS_WEIGHT", "DEFAULT_LUNG_WEIGHT", "MINIMUMS", "MAXIMUMS", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
+__all__ = ["CLASSES", "DEFAULT_CLS_WEIGHT", "DEFAULT_LUNG_WEIGHT", "MINIMUMS", "MAXIMUMS", "MAX_PIXELS", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
 
 # The three class folders of COVID-QU-Ex, in the dataset's order.
 CLASSES: tuple[str, ...] = ("COVID-19", "Non-COVID", "Normal")
@@ -89,6 +89,8 @@ MINIMUMS: dict[str, int] = {"img_size": 16, "bs": 1, "epochs": 1, "num_workers":
 # The largest, where one is needed: 4096 px is 16 times COVID-QU-Ex's 256 (one such batch of 8 is 1.6 GB of
 # input alone); a larger side fails deep inside torch (OverflowError, "array is too big")
 MAXIMUMS: dict[str, int] = {"img_size": 4096, "seed": 2**32 - 1}  # seed: the largest NumPy and torch both accept
+# the largest X-ray covfast reads (PNG, JPEG or DICOM); a chest film scanned at 300 dpi is about 4300x5200 pixels
+MAX_PIXELS = 50_000_000
 
 
 def _convert(name: str, raw: str, source: str) -> Any:

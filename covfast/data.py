@@ -18,7 +18,7 @@ from fastai.vision.core import AddMaskCodes, PILImage, PILMask, imagenet_stats
 from matplotlib.colors import ListedColormap
 from PIL import Image
 
-from .config import CLASSES
+from .config import CLASSES, MAX_PIXELS
 from .dataset import scan_tree
 from .dicom import is_dicom, read_dicom
 from .errors import CovfastError
@@ -62,8 +62,6 @@ class PILLungMask(PILMask):
     _tensor_cls = LungMask
 
 
-# the largest X-ray covfast reads; a chest film scanned at 300 dpi is about 4300x5200 pixels
-MAX_PIXELS = 50_000_000
 
 
 def read_xray(path: str | Path) -> np.ndarray:

@@ -4,7 +4,7 @@ The Modality LUT first (Rescale Slope and Intercept), then the first VOI window 
 Center and Width), or its VOI LUT, or else the image's own range; an 8-bit image with none of these is kept
 as stored (it is already the gray a PNG of it holds). MONOCHROME1 (low values bright) is inverted so bone is
 bright, as in COVID-QU-Ex's PNGs. pydicom reads the file, its warnings kept out of the terminal; a file
-without pixel data, damaged or cut short, larger than `data.MAX_PIXELS` (checked on the header, before
+without pixel data, damaged or cut short, larger than `config.MAX_PIXELS` (checked on the header, before
 anything is decoded), or compressed with a codec no installed decoder reads, is one error naming the reason.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import MAX_PIXELS
 from .errors import CovfastError
 
 __all__ = ["DICOM_SUFFIXES", "is_dicom", "read_dicom"]
@@ -51,9 +52,7 @@ def _damaged(caught: list) -> str:
 
 
 def _check_header(ds, damaged: str) -> None:
-    "Refuse, before decoding, an image larger than `data.MAX_PIXELS` or uncompressed pixel data shorter than its header says."
-    from .data import MAX_PIXELS
-
+    "Refuse, before decoding, an image larger than `config.MAX_PIXELS` or uncompressed pixel data shorter than its header says."
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     if rows * cols > MAX_PIXELS:
         raise CovfastError(f"a DICOM image of {cols}x{rows} pixels, larger than covfast reads ({MAX_PIXELS // 1_000_000} "
