@@ -19,7 +19,7 @@ from .errors import CovfastError, format_problems
 from .inference import Run, iter_outputs, load_run
 from .metrics import (band_agreement, bootstrap_auc, bootstrap_ci, confusion_counts, dice_from_counts, infected,
                       infection_pct, iou_from_counts, pooled_dice, pooled_iou, sensitivity, SEVERITY_BANDS, severity_band,
-                      severity_mae, specificity)
+                      severity_correlation, severity_mae, specificity)
 from .precision import learner_precision
 from .runs import read_json, run_subdir, sha256, write_json
 from .synth import is_synthetic
@@ -120,6 +120,9 @@ def summarize(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
             "lung_iou": lung_iou.mean() if len(lung_iou) else np.nan,
             **dict(zip(("lung_iou_ci_low", "lung_iou_ci_high"), bootstrap_ci(lung_iou.to_numpy(), n_boot, seed))),
             "severity_mae_pred_lung": severity_mae(pred_lung_pct, g.true_pct_lung),
+            # how well the predicted % follows the true one (Pearson), with the true lungs and with the model's own
+            "severity_correlation": severity_correlation(g.pred_pct_lung, g.true_pct_lung),
+            "severity_correlation_pred_lung": severity_correlation(pred_lung_pct, g.true_pct_lung),
             "severity_band_agreement_pred_lung": band_agreement(pred_lung_pct, g.true_pct_lung),
             "no_pred_lung": int(((g.get("lung_dice", pd.Series(np.nan, index=g.index)).notna()) & pred_lung_pct.isna()).sum()),
         })
@@ -277,11 +280,16 @@ def evaluation_text(per_image: pd.DataFrame, summary: pd.DataFrame, folder: Path
     if lungs:
         lines.append("\nLungs and severity (infection % of lung: MAE in percentage points, share of images in the right band),"
                      "\nwith the dataset's lung masks and with the model's own:\n")
-        sev_cols = ["group", "lung_dice", *sev_cols[1:], "severity_mae_pred_lung", "severity_band_agreement_pred_lung"]
+        sev_cols = ["group", "lung_dice", *sev_cols[1:], "severity_mae_pred_lung", "severity_band_agreement_pred_lung",
+                    "severity_correlation_pred_lung"]
     else:
         lines.append("\nSeverity with the dataset's lung masks (this run has no lung output: it was trained before covfast "
                      "outlined the lungs):\n")
     lines.append(severity[sev_cols].to_string(index=False, float_format=number, na_rep="–"))
+    own = "pred_pct_pred_lung" if lungs and "pred_pct_pred_lung" in per_image else "pred_pct_lung"
+    lines.append(f"\nSeverity bands, true (rows) against predicted (columns, with "
+                 f"{'the model' + chr(39) + 's own lungs' if own == 'pred_pct_pred_lung' else 'the dataset' + chr(39) + 's lung masks'}), images:\n")
+    lines.append(band_confusion(per_image.assign(pred_pct_lung=per_image[own])).to_string())
     if summary.auc.notna().any():
         lines.append("\nImage level (is there COVID-19 infection?): ROC AUC of the head's probability, COVID-19 against\n")
         for row in summary[summary.auc.notna()].itertuples():

@@ -28,7 +28,7 @@ from .decision import image_probability, learner_decision, predicted_lung
 
 __all__ = ["has_infection", "infected", "confusion_counts", "dice_from_counts", "iou_from_counts", "pooled_dice",
            "pooled_iou", "sensitivity", "specificity", "roc_auc", "roc_curve", "bootstrap_ci", "bootstrap_auc",
-           "infection_pct", "SEVERITY_BANDS", "severity_band", "NO_LUNGS", "severity_band_name", "model_choice_score", "MODEL_CHOICE", "severity_mae", "band_agreement", "SegmentationStats",
+           "infection_pct", "SEVERITY_BANDS", "severity_band", "NO_LUNGS", "severity_band_name", "model_choice_score", "MODEL_CHOICE", "severity_mae", "severity_correlation", "band_agreement", "SegmentationStats",
            "segmentation_metrics"]
 
 
@@ -173,6 +173,15 @@ def severity_mae(pred_pct, true_pct) -> float:
     "Mean absolute error of infection % of lung, in percentage points, over the images where both are defined."
     pred_pct, true_pct = _graded(pred_pct, true_pct)
     return float(np.abs(pred_pct - true_pct).mean()) if len(pred_pct) else float("nan")
+
+
+def severity_correlation(pred_pct, true_pct) -> float:
+    """Pearson's correlation of predicted and true infection % of lung over the images where both are defined;
+    NaN with fewer than 2 such images or when either side does not vary (every image at 0, say)."""
+    pred_pct, true_pct = _graded(pred_pct, true_pct)
+    if len(pred_pct) < 2 or np.std(pred_pct) == 0 or np.std(true_pct) == 0:
+        return float("nan")
+    return float(np.corrcoef(pred_pct, true_pct)[0, 1])
 
 
 def band_agreement(pred_pct, true_pct) -> float:

@@ -33,6 +33,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
                 "threshold) but in which no pixel was outlined: 'COVID-19 flagged, nothing outlined'"),
     "severity_mae": ("severity error", f"mean absolute error of infection % of lung, in percentage points, {_WITH_TRUE_LUNGS}"),
     "severity_band_agreement": ("severity band right", f"share of images whose band (0, <25, 25-50, 50-75, >=75 %) is the true one, {_WITH_TRUE_LUNGS}"),
+    "severity_correlation": ("severity correlation", f"Pearson's correlation of predicted and true infection % of lung, {_WITH_TRUE_LUNGS}"),
+    "severity_correlation_pred_lung": ("severity correlation, own lungs", f"the same correlation {_WITH_OWN_LUNGS}"),
     "severity_mae_pred_lung": ("severity error, own lungs", f"the same error {_WITH_OWN_LUNGS}, as a new X-ray gets it"),
     "severity_band_agreement_pred_lung": ("severity band right, own lungs", f"the same agreement {_WITH_OWN_LUNGS}"),
     "lung_dice": ("lung Dice", "per-image Dice of the predicted lungs against the dataset's lung mask, mean"),

@@ -85,10 +85,11 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
         case_figure([report_case(e) for e in infer_cases(learn, rows)], out / name, title)
         sections.append((title, f"<img src='{name}' alt='{html.escape(title)}'>"))
     lungs = "lung_dice" in summary and summary.lung_dice.notna().any()
-    sev_cols = ["group", "n", "severity_mae", "severity_band_agreement"]
+    sev_cols = ["group", "n", "severity_mae", "severity_band_agreement", "severity_correlation"]
     if lungs:  # the model's own lungs: how well it outlines them, and severity measured with them
         sev_cols = ["group", "n", "lung_dice", "lung_dice_ci_low", "lung_dice_ci_high", "lung_iou", *sev_cols[2:],
-                    "severity_mae_pred_lung", "severity_band_agreement_pred_lung", "no_pred_lung"]
+                    "severity_mae_pred_lung", "severity_band_agreement_pred_lung", "severity_correlation_pred_lung",
+                    "no_pred_lung"]
         severity_figure(per_image, out / "severity.png", "pred_pct_pred_lung", "the model's own lungs")
         bands = band_confusion(per_image.assign(pred_pct_lung=per_image.pred_pct_pred_lung))
         note = ("<p>Infection % of lung as a new X-ray gets it: the predicted infection inside the model's own "

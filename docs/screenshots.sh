@@ -11,3 +11,5 @@ shot() {  # PAGE PNG HEIGHT: the top of PAGE, 1200 px wide
 }
 shot runs/resnet34/report/index.html demo_report_page.png 2300
 shot compare/index.html demo_compare_page.png 2300
+cp "$demo/compare/grid.png" "$docs/demo_compare.png"  # the README's first figure: the comparison's grid
+echo "$docs/demo_compare.png"

@@ -169,3 +169,13 @@ def test_the_decision_upsamples_to_a_masks_own_size():
     mask = Decision(threshold=0.5).mask(out, (4, 4))
     assert mask.shape == (4, 4) and mask[0, 0] and not mask[3, 3] and mask.dtype == bool
     assert not Decision(threshold=0.99).mask(out, (4, 4)).any()  # sigmoid(3) = 0.95 is at or below 0.99
+
+
+def test_severity_correlation_by_hand():
+    from covfast.metrics import severity_correlation
+    # pred = 2 * true + 1 exactly: r = 1; reversed: r = -1; undefined (NaN) images left out, a constant side gives NaN
+    assert severity_correlation([1, 3, 5, float("nan")], [0, 1, 2, 7]) == pytest.approx(1.0)
+    assert severity_correlation([5, 3, 1], [0, 1, 2]) == pytest.approx(-1.0)
+    # by hand: x = (0, 10, 20), y = (0, 20, 10): cov = 50, var x = var y = 66.67 -> r = 0.5
+    assert severity_correlation([0, 20, 10], [0, 10, 20]) == pytest.approx(0.5)
+    assert np.isnan(severity_correlation([0, 0, 0], [1, 2, 3])) and np.isnan(severity_correlation([1], [1]))
