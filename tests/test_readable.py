@@ -38,8 +38,12 @@ def test_the_done_line_says_which_epoch_model_pth_holds_and_its_covid_dice(synth
                  "--features", "4,8", "--lr", "3e-3", "--name", "one")
     assert result.exit_code == 0, result.output
     history = pd.read_csv(tmp_path / "runs" / "one" / "history.csv")
-    done = result.stdout.strip().splitlines()[-1]
-    assert done.startswith("Done:") and "model.pth holds epoch 1 of 1" in done
+    lines = result.stdout.strip().splitlines()
+    done = next(line for line in lines if line.startswith("Done:"))
+    assert "model.pth holds epoch 1 of 1" in done
+    # a model that outlines nothing yet is told so on the line after, and only then
+    said = "This model outlines no COVID-19 infection yet" in lines[-1]
+    assert said == (history.valid_dice_covid[0] == 0) and (lines[-1] == done) == (not said)
     assert f"valid COVID-19 Dice {history.valid_dice_covid[0]:.4f}" in done
     assert f"empty-truth images left empty {history.valid_empty_left[0]:.4f}" in done
     assert "nan" not in result.stdout.lower().replace("non", "")  # figures a run does not have read '–'
