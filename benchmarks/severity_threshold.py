@@ -63,7 +63,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
                     "covid_band_agreement": band_agreement(covid.pred_pct, covid.true_pct),
                     "covid_severity_mae": severity_mae(covid.pred_pct, covid.true_pct),
                     "covid_severity_correlation": severity_correlation(covid.pred_pct, covid.true_pct),
-                    "empty_left_empty": empty.empty.mean() if len(empty) else float("nan")})
+                    "empty_left_empty": empty["empty"].mean() if len(empty) else float("nan")})
     return pd.DataFrame(out)
 
 
