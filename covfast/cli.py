@@ -18,6 +18,7 @@ except ImportError:
 from typer.core import TyperGroup, TyperOption
 
 from . import __version__
+from .archs import check_arch
 from .config import DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, MAXIMUMS, Config, load_config
 from .errors import CovfastError, environment_problem, format_problems, os_problem
 
@@ -246,6 +247,7 @@ def train_cmd(
     keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pth (weights and optimizer state, for --resume) once the run is complete; by default only model.pth stays.")] = False,
 ) -> None:
     """Train a model with fastai's one-cycle schedule into a run directory (Ctrl-C keeps the last epoch's checkpoint)."""
+    check_arch(arch)  # a typo is refused before torch and fastai load (seconds)
     from . import distributed
     from .spec import RunSpec
     from .train import TrainingInterrupted, resume as resume_run, train, training_summary
@@ -296,6 +298,7 @@ def lr_find_cmd(
     augment: AugmentOpt = None,
 ) -> None:
     """Run fastai's lr_find on the model `covfast train` builds from the same flags: print the valley, slide, minimum and steep suggestions and save the plot."""
+    check_arch(arch)  # a typo is refused before torch and fastai load (seconds)
     from .spec import RunSpec
     from .train import find_lr
 

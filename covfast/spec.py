@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from .config import CLASSES, DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, MAXIMUMS, MINIMUMS, Config, parse_classes, parse_lr
 from .dataset import canonical_root
 from .errors import CovfastError
-from .models import DEFAULT_FEATURES, check_arch
+from .archs import DEFAULT_FEATURES, check_arch
 
 __all__ = ["FLAGS", "RunSpec"]
 

@@ -182,3 +182,15 @@ def test_a_log_file_gets_the_epoch_table_not_the_progress_bar_redraws(synth_root
     text = log.read_text()
     assert text.count("%") <= 4 * 2, text  # at most the bar's first frame of each train and valid pass
     assert "Done: runs/logged" in text and len(text) < 4000
+
+
+def test_a_typo_in_the_architecture_is_refused_before_torch_loads():
+    "`covfast train nosucharch` took 5.6-6.6 s to refuse (torch and fastai's import); the name is checked first."
+    import subprocess
+    import sys
+    probe = ("import sys\nfrom covfast.cli import main\nsys.argv = ['covfast', sys.argv[1], 'nosucharch']\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n")
+    for command in ("train", "lr-find"):
+        r = subprocess.run([sys.executable, "-c", probe, command], capture_output=True, text=True)
+        assert r.stdout.strip() == "exit 2 False", (command, r.stdout, r.stderr)
+        assert "unknown architecture 'nosucharch'" in r.stderr

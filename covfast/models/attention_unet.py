@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..archs import DEFAULT_FEATURES
 from ..outputs import ModelOutput, model_output
 from .image_head import ImageHead
 
 __all__ = ["ConvBlock", "UpConv", "AttentionGate", "AttentionUNet", "DEFAULT_FEATURES"]
 
-# Channel widths per level, finest first: 2.18 M parameters, 8.35 GFLOPs per 256x256 image forward
+# DEFAULT_FEATURES (covfast.archs), the channel widths per level, finest first: 2.18 M parameters, 8.35 GFLOPs per 256x256 image forward
 # (2.09 at 128 px; torch.utils.flop_counter, 2 FLOPs per multiply-add). Twice the widths cost 4x
 # (33.3 GFLOPs at 256 px); the paper's (64, ..., 1024) 16x. Small enough to train on a laptop CPU.
-DEFAULT_FEATURES: tuple[int, ...] = (16, 32, 64, 128, 256)
 
 
 class ConvBlock(nn.Sequential):
