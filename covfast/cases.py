@@ -27,10 +27,10 @@ def infer_cases(learn, rows: pd.DataFrame) -> list[dict]:
         beside = lambda folder: Path(row.image).parent.parent / folder / Path(row.image).name  # noqa: E731
         truth, lung = beside("infection masks"), beside("lung masks")
         lungs = predicted_lung(output, gray.shape)
-        pred = decision.mask(output, gray.shape)
+        pred, verdict = decision.decide(output, gray.shape)
         entry = {"row": row, "gray": gray, "truth": read_mask(truth).astype(bool) if truth.is_file() else None,
                  "truth_lung": read_mask(lung).astype(bool) if lung.is_file() else None,
-                 "pred": pred, "outcome": decision.outcomes(output, pred[None])[0],
+                 "pred": pred, "outcome": verdict,
                  "lung": lungs[0].cpu().numpy() if lungs is not None else None}
         if output.has("attention"):
             entry["attention"] = output.attention[0, 0].cpu().numpy()

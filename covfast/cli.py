@@ -42,8 +42,9 @@ class _Group(TyperGroup):
             if isinstance(e, OSError):  # the machine's side: a full disk, a read-only folder, a file where a folder goes
                 typer.echo(f"covfast: error: {os_problem(e)}", err=True)
                 raise typer.Exit(2)
-            if environment_problem(e):  # the installation, not the command: what to install
-                typer.echo(f"covfast: error: {environment_problem(e)}", err=True)
+            installation = environment_problem(e)  # the installation, not the command: what to install
+            if installation:
+                typer.echo(f"covfast: error: {installation}", err=True)
                 raise typer.Exit(1)
             if isinstance(e, RuntimeError) and str(e).startswith("Symlink loop"):  # pathlib's resolve() says so
                 path = str(e).split("from ", 1)[-1].strip("'")

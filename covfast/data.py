@@ -62,8 +62,6 @@ class PILLungMask(PILMask):
     _tensor_cls = LungMask
 
 
-
-
 def read_xray(path: str | Path) -> np.ndarray:
     "Any PNG/JPEG X-ray (8- or 16-bit, grayscale or RGB), or a DICOM one (`dicom.read_dicom`) -> uint8 HxW grayscale."
     if is_dicom(path):

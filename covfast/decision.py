@@ -133,7 +133,10 @@ class Decision:
               activated: bool = False) -> torch.Tensor:
         """The infection masks, (B, H, W) bool: the pixel rule on images the decision keeps, empty on the others.
         `size` (h, w): upsample the logits (bilinear) to it first, to score at a mask's own resolution."""
-        out = as_output(out)
+        return self._decided(as_output(out), size, activated)[0]
+
+    def _decided(self, out: ModelOutput, size: tuple[int, int] | None, activated: bool):
+        "The masks (as `apply`) and the image-level keep they were made with (None: every image may be outlined)."
         logits = out.infection.float()
         if size is not None and tuple(logits.shape[-2:]) != tuple(size):
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
@@ -141,18 +144,24 @@ class Decision:
         if self.inside_lungs and out.has("lung"):
             masks = masks & predicted_lung(out, tuple(masks.shape[-2:]))
         keep = self.keep(out, activated)
-        return masks if keep is None else masks & keep[:, None, None]
+        return (masks if keep is None else masks & keep[:, None, None]), keep
 
     def mask(self, out: ModelOutput, size: tuple[int, int]) -> np.ndarray:
         "One image's infection mask (an output of batch 1) at `size` (h, w), as a boolean array."
         return self.apply(out, size)[0].cpu().numpy()
 
+    def decide(self, out: ModelOutput, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+        """One image's infection mask (an output of batch 1) at `size` (h, w) and its verdict (`outcome`), from one
+        image-level decision: what predict, evaluate and the report's cases say of an X-ray."""
+        masks, keep = self._decided(as_output(out), size, False)
+        mask = masks[0].cpu().numpy()
+        return mask, outcome(None if keep is None else bool(keep[0]), bool(mask.any()))
+
     def outcomes(self, out: ModelOutput | torch.Tensor, masks: torch.Tensor | np.ndarray,
                  activated: bool = False) -> list[str]:
         "Per image, the verdict (`outcome`) for the masks this decision made of `out` ((B, H, W), any size)."
         keep = self.keep(out, activated)
-        outlined = [bool(m.any()) for m in masks]
-        return [outcome(None if keep is None else bool(keep[i]), o) for i, o in enumerate(outlined)]
+        return [outcome(None if keep is None else bool(keep[i]), bool(m.any())) for i, m in enumerate(masks)]
 
     @classmethod
     def load(cls, run_dir: str | Path, gate_topk: float = 0.0) -> "Decision":

@@ -50,15 +50,15 @@ def _version(package: str) -> str:
 def environment_problem(e: BaseException) -> str | None:
     """One line for an installation that cannot run covfast, naming what to do; None for any other error.
     A torchvision built for another torch fails at fastai's import with 'operator torchvision::nms does not exist'."""
-    if isinstance(e, (RuntimeError, ImportError, AttributeError)) and "torchvision::" in str(e):
-        torch, vision = _version("torch"), _version("torchvision")
-        try:
-            major, minor = (int(p) for p in torch.split("+")[0].split(".")[:2])
-            match = f"torchvision 0.{minor + 15}.* goes with torch {major}.{minor}"
-        except ValueError:
-            match = "each torch release has its own torchvision"
-        return (f"torchvision {vision} was built for another torch than the installed torch {torch} ({match}): install "
-                f"the two together from one index, e.g. pip install --force-reinstall 'torch=={torch.split('+')[0]}' "
-                f"'torchvision=={match.split()[1] if match.startswith('torchvision') else ''}' --index-url "
-                f"https://download.pytorch.org/whl/cpu")
-    return None
+    if not isinstance(e, (RuntimeError, ImportError, AttributeError)) or "torchvision::" not in str(e):
+        return None
+    torch, vision = _version("torch").split("+")[0], _version("torchvision")
+    try:
+        major, minor = (int(p) for p in torch.split(".")[:2])
+    except ValueError:
+        match, pin = "each torch release has its own torchvision", ""
+    else:  # torchvision 0.(minor + 15) goes with torch 2.minor
+        match, pin = f"torchvision 0.{minor + 15}.* goes with torch {major}.{minor}", f"0.{minor + 15}.*"
+    return (f"torchvision {vision} was built for another torch than the installed torch {torch} ({match}): install "
+            f"the two together from one index, e.g. pip install --force-reinstall 'torch=={torch}' 'torchvision=={pin}' "
+            f"--index-url https://download.pytorch.org/whl/cpu")

@@ -65,8 +65,7 @@ def score_items(learn, items: pd.DataFrame, bs: int | None = None, progress=None
         item = items.iloc[i]
         truth = read_mask(item.infection_mask).astype(bool)
         lung = read_mask(item.lung_mask).astype(bool)
-        pred = decision.mask(out, truth.shape)
-        verdict, = decision.outcomes(out, pred[None])
+        pred, verdict = decision.decide(out, truth.shape)
         prob = image_probability(out)
         tp, fp, fn = confusion_counts(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])[0].tolist()
         row = {"file": item["name"], "class": item.label, "dice": float(dice_from_counts(tp, fp, fn)),
@@ -287,8 +286,8 @@ def evaluation_text(per_image: pd.DataFrame, summary: pd.DataFrame, folder: Path
                      "outlined the lungs):\n")
     lines.append(severity[sev_cols].to_string(index=False, float_format=number, na_rep="–"))
     own = "pred_pct_pred_lung" if lungs and "pred_pct_pred_lung" in per_image else "pred_pct_lung"
-    lines.append(f"\nSeverity bands, true (rows) against predicted (columns, with "
-                 f"{'the model' + chr(39) + 's own lungs' if own == 'pred_pct_pred_lung' else 'the dataset' + chr(39) + 's lung masks'}), images:\n")
+    measured = "the model's own lungs" if own == "pred_pct_pred_lung" else "the dataset's lung masks"
+    lines.append(f"\nSeverity bands, true (rows) against predicted (columns, with {measured}), images:\n")
     lines.append(band_confusion(per_image.assign(pred_pct_lung=per_image[own])).to_string())
     if summary.auc.notna().any():
         lines.append("\nImage level (is there COVID-19 infection?): ROC AUC of the head's probability, COVID-19 against\n")

@@ -110,7 +110,7 @@ def export(
         raise CovfastError(f"{path}: onnxruntime's logits differ from PyTorch's by up to {diff:.2e} (more than "
                            f"{TOLERANCE:g}); the export is not faithful, do not use it")
     mean, std = imagenet_stats
-    decision = loaded.decision
+    decision, uncalibrated = loaded.decision, uncalibrated_note(loaded)
     sidecar = {
         "model": "model.onnx", "covfast_version": __version__, "exporter": EXPORTER, "opset": OPSET,
         "arch": loaded.spec.arch, "weights_sha256": sha256(loaded.dir / "model.pth"), "run": loaded.name,
@@ -129,7 +129,7 @@ def export(
         "decision": {"threshold": decision.threshold, "rule": "an X-ray whose probability is at or below the threshold "
                      "gets an empty infection mask", "inside_lungs": bool(decision.inside_lungs and "lung" in names),
                      "calibrated_on": decision.split,
-                     **({"not_calibrated": uncalibrated_note(loaded)} if uncalibrated_note(loaded) else {})},
+                     **({"not_calibrated": uncalibrated} if uncalibrated else {})},
         "classes": list(loaded.spec.classes), "checked": {"images": len(x), "max_abs_logit_difference": diff,
                                                           "tolerance": TOLERANCE},
     }

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .decision import EMPTY, FLAGGED, OUTCOMES, OUTLINED
+
 __all__ = ["DISCLAIMER", "COLUMNS", "METRICS_DOC", "plain_value", "synthetic_banner", "html_table", "metrics_link", "html_page"]
 
 DISCLAIMER = "Research code, not a medical device: do not use these outlines to diagnose or treat anyone."
@@ -70,12 +72,11 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "beats reference": ("beats the study", "whether this run's Dice is above the study's"),
     "class": ("class", "the X-rays' class"),
     # the three verdicts (covfast.decision.OUTCOMES), as the decision table counts them
-    "COVID-19 infection": ("COVID-19 infection", "images the image head kept and the segmentation outlined"),
-    "COVID-19 flagged, nothing outlined": ("COVID-19 flagged, nothing outlined",
-                                           "images the image head kept (probability above the threshold) but in which "
-                                           "the segmentation outlined no pixel"),
-    "no COVID-19 infection": ("no COVID-19 infection", "images left empty: the image head's probability at or below "
-                                                       "the threshold (a run without the head: nothing outlined)"),
+    OUTLINED: (OUTLINED, "images the image head kept and the segmentation outlined"),
+    FLAGGED: (FLAGGED, "images the image head kept (probability above the threshold) but in which the segmentation "
+                       "outlined no pixel"),
+    EMPTY: (EMPTY, "images left empty: the image head's probability at or below the threshold (a run without the "
+                   "head: nothing outlined)"),
     "metric": ("figure", "the figure compared (see the definitions of the report's tables)"),
     "mean_dice_difference": ("mean Dice difference", "mean over the same images of b's Dice minus a's"),
     "ci_low": ("CI low", "lower end of the bootstrap 95% interval of that mean"),
@@ -88,8 +89,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "b": ("b", "the run compared with it"),
 }
 # columns that hold counts (shown as integers) and learning rates (scientific notation)
-_COUNT_COLUMNS = {"n", "epoch", "tp", "fp", "fn", "a_better", "b_better", "ties", "no_pred_lung", "COVID-19 infection",
-                  "COVID-19 flagged, nothing outlined", "no COVID-19 infection"}
+_COUNT_COLUMNS = {"n", "epoch", "tp", "fp", "fn", "a_better", "b_better", "ties", "no_pred_lung", *OUTCOMES}
 _LR_COLUMNS = {"lr", "lr_used", "learning rate"}
 METRICS_DOC = "docs/metrics.md"
 

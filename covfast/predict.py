@@ -124,8 +124,9 @@ def predict(
     out = Path(out) if out else run_subdir(loaded.dir, "predictions", f"{datetime.now():%Y%m%d-%H%M%S}")
     if (out / "predictions.csv").exists():
         raise CovfastError(f"{out} already holds predictions.csv; choose another --out")
-    if say and uncalibrated_note(loaded):
-        say(uncalibrated_note(loaded))
+    uncalibrated = uncalibrated_note(loaded)
+    if say and uncalibrated:
+        say(uncalibrated)
     if not loaded.spec.lungs and lung_masks is None and say:
         say(f"{loaded.name} has no lung output (it was trained before covfast outlined the lungs): infection % of lung "
             f"needs --lung-masks")
@@ -212,13 +213,12 @@ class Outline:
 
 def outline(output, gray: np.ndarray, decision, given_lung: np.ndarray | None = None) -> Outline:
     "One X-ray's `Outline` from the model's outputs for it (a batch of 1, `inference.iter_outputs`) and the run's decision."
-    mask = decision.mask(output, gray.shape)
+    mask, decided = decision.decide(output, gray.shape)  # the mask and the verdict of one image-level decision
     prob = image_probability(output)
     predicted = predicted_lung(output, gray.shape)
     predicted = predicted[0].cpu().numpy() if predicted is not None else None
     lung, source = (given_lung, "given") if given_lung is not None else (predicted, "predicted" if predicted is not None else "")
     pct = infection_pct(mask, lung) if lung is not None else float("nan")
-    decided, = decision.outcomes(output, mask[None])  # the verdict of the rule that emptied (or kept) the mask
     p = float(prob[0]) if prob is not None else float("nan")
     return Outline(gray, mask, p, decided, lung, source, predicted, pct, overlay(gray, mask, lung=lung),
                    caption(decided, p, pct))
