@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from .errors import CovfastError
 
-__all__ = ["RESNETS", "DEFAULT_FEATURES", "check_arch", "arch_slug"]
+__all__ = ["RESNETS", "ENSEMBLE", "DEFAULT_FEATURES", "check_arch", "arch_slug"]
 
 # torchvision's ResNets that fastai's DynamicUnet takes as an encoder
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+# the arch of a run made of trained runs by `covfast ensemble` (covfast/ensemble.py): not trained, not an ARCH to train
+ENSEMBLE = "ensemble"
 # the Attention U-Net's channel widths per level, finest first (its depth is their number)
 DEFAULT_FEATURES: tuple[int, ...] = (16, 32, 64, 128, 256)
 
@@ -20,6 +22,9 @@ def check_arch(arch: str) -> str:
         return "attention-unet"
     if a.lower() in RESNETS:
         return a.lower()
+    if a.lower() == ENSEMBLE:
+        raise CovfastError("an ensemble is not trained: make one of trained runs with `covfast ensemble RUN RUN... "
+                           "--name NAME`")
     if a.startswith("timm/") and len(a) > 5:
         import timm
         if not timm.is_model(a[5:]):

@@ -399,6 +399,17 @@ def compare_cmd(
     typer.echo(f"Comparison: {path}")
 
 
+@app.command("ensemble")
+def ensemble_cmd(
+    runs: Annotated[list[str], typer.Argument(help="Two or more trained run directories or names: the members.", show_default=False)],
+    name: Annotated[Optional[str], typer.Option("--name", help="The ensemble's run directory name under runs_dir. Default: ensemble-<YYYYmmdd-HHMMSS>.", show_default=False)] = None,
+) -> None:
+    """Make a run of trained runs whose outputs are the mean of their probabilities; calibrate it, then every command takes it."""
+    from .ensemble import make_ensemble
+
+    make_ensemble(runs, name, load_config().runs_dir, say=typer.echo)
+
+
 @app.command("predict")
 def predict_cmd(
     run: RunArg,

@@ -21,7 +21,8 @@ from .metrics import (band_agreement, bootstrap_auc, bootstrap_ci, confusion_cou
                       infection_pct, iou_from_counts, pooled_dice, pooled_iou, sensitivity, SEVERITY_BANDS, severity_band,
                       severity_correlation, severity_mae, specificity)
 from .precision import learner_precision
-from .runs import read_json, run_subdir, sha256, write_json
+from .ensemble import weights_digest
+from .runs import read_json, run_subdir, write_json
 from .synth import is_synthetic
 
 __all__ = ["REFERENCE", "split_items", "score_items", "summarize", "confusion_table", "band_confusion", "provenance",
@@ -168,10 +169,10 @@ def reference_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def provenance(learn, run: Run, data_root: str | Path) -> dict:
-    """What an evaluation's numbers depend on: the weights (model.pth's SHA-256), the decision, the data root, the
+    """What an evaluation's numbers depend on: the weights (model.pth's SHA-256; an ensemble's members'), the decision, the data root, the
     image size, the precision the model ran in and covfast's version. `evaluated` reuses stored results only
     when all of them still match."""
-    return {"weights_sha256": sha256(run.dir / "model.pth"), **learner_decision(learn).describe(),
+    return {"weights_sha256": weights_digest(run.dir), **learner_decision(learn).describe(),
             "data_root": canonical_root(data_root), "img_size": run.spec.img_size,
             "precision": learner_precision(learn).mode, "covfast_version": __version__}
 

@@ -29,7 +29,9 @@ from .dataset import SPLITS, scan_tree
 from .errors import CovfastError
 from .inference import Run, _batch_pixels, _input_size, load_run, uncalibrated_note, validation_batch
 from .outputs import ModelOutput, model_output
-from .runs import run_subdir, sha256, write_json
+from .archs import ENSEMBLE
+from .ensemble import weights_digest
+from .runs import read_run_config, run_subdir, sha256, write_json
 
 __all__ = ["EXPORTER", "OPSET", "TOLERANCE", "to_onnx", "export", "OnnxModel", "load_onnx", "stale_export_note"]
 
@@ -85,6 +87,26 @@ def _check_images(learn, run: Run, n: int = 4) -> torch.Tensor:
     return torch.randn(n, 3, size[1], size[0], generator=torch.Generator().manual_seed(0))
 
 
+def _check_exportable(run: str | Path, runs_dir: str | Path) -> None:
+    "One line when the run cannot be one ONNX graph: an ensemble whose members take different input sizes."
+    from .runs import resolve_run
+    record = read_run_config(resolve_run(run, runs_dir))
+    sizes = sorted({m.get("img_size") for m in record.get("members", [])} - {None})
+    if record.get("arch") == ENSEMBLE and len(sizes) > 1:
+        raise CovfastError(f"ensemble {Path(str(run)).name}'s members take different input sizes "
+                           f"({', '.join(f'{s} px' for s in sizes)}) and one ONNX graph takes one: export each member "
+                           f"(covfast export MEMBER), or make the ensemble of members of one size")
+
+
+def _ensemble_note(run: Run) -> dict[str, Any]:
+    "What the sidecar of an ensemble's graph says of its members and how the graph combines them."
+    members = read_run_config(run.dir)["members"]
+    return {"members": [{"name": m["name"], "arch": m["arch"], "model_sha256": m["model_sha256"]} for m in members],
+            "combined": (f"inside the graph: the mean of the {len(members)} members' probabilities (softmax of each "
+                         f"segmentation's logits, sigmoid of the image logit), returned as log-probabilities and the "
+                         f"logit of the mean image probability, so the activations above give the means back")}
+
+
 def export(
     run: str | Path,  # run directory or its name under runs_dir
     out: str | Path | None = None,  # folder for model.onnx and model.json (default: <run>/export)
@@ -93,6 +115,7 @@ def export(
     "Write the run's model.pth as model.onnx with its sidecar model.json; returns the ONNX path, the sidecar and the check's max |logit difference|."
     ort = _onnx()
     config = config or Config()
+    _check_exportable(run, config.runs_dir)
     learn, loaded = load_run(run, config.runs_dir, device="cpu", precision="fp32")
     model = learn.model.eval().to(memory_format=torch.contiguous_format)
     out = Path(out) if out else run_subdir(loaded.dir, "export")
@@ -113,7 +136,7 @@ def export(
     decision, uncalibrated = loaded.decision, uncalibrated_note(loaded)
     sidecar = {
         "model": "model.onnx", "covfast_version": __version__, "exporter": EXPORTER, "opset": OPSET,
-        "arch": loaded.spec.arch, "weights_sha256": sha256(loaded.dir / "model.pth"), "run": loaded.name,
+        "arch": loaded.spec.arch, "weights_sha256": weights_digest(loaded.dir), "run": loaded.name,
         "input": {"name": "image", "shape": ["batch", 3, height, width], "dtype": "float32",
                   "from_xray": (f"read the X-ray as 8-bit grayscale, resize it to {width}x{height} (bilinear, no aspect "
                                 f"kept), repeat it over 3 channels, divide by 255, subtract mean and divide by std per channel"),
@@ -125,6 +148,7 @@ def export(
             **({"lung": "logits (batch, 2, H, W): channel 1 lung, channel 0 background"} if "lung" in names else {}),
         },
         "to_xray": "upsample the logits (bilinear) to the X-ray's size before taking the masks",
+        **({"ensemble": _ensemble_note(loaded)} if loaded.spec.arch == ENSEMBLE else {}),
         "model_sha256": sha256(path),
         "decision": {"threshold": decision.threshold, "rule": "an X-ray whose probability is at or below the threshold "
                      "gets an empty infection mask", "inside_lungs": bool(decision.inside_lungs and "lung" in names),
@@ -191,8 +215,8 @@ def load_onnx(run: Run) -> OnnxModel:
         listed = set(sidecar["outputs"])
     except (ValueError, KeyError, TypeError):
         raise CovfastError(f"{folder / 'model.json'} is not the sidecar covfast export writes; {again}") from None
-    if sidecar.get("weights_sha256") != sha256(run.dir / "model.pth"):
-        raise CovfastError(f"{folder / 'model.onnx'} was exported from other weights than {run.dir / 'model.pth'}; {again}")
+    if sidecar.get("weights_sha256") != weights_digest(run.dir):
+        raise CovfastError(f"{folder / 'model.onnx'} was exported from other weights than {run.name}'s; {again}")
     if sidecar.get("model_sha256") != sha256(folder / "model.onnx"):
         raise CovfastError(f"{folder / 'model.onnx'} is not the file `covfast export` wrote beside {folder / 'model.json'} "
                            f"(its SHA-256 differs{'' if 'model_sha256' in sidecar else ': the sidecar predates the check'}); "

@@ -22,7 +22,9 @@ from PIL import Image
 from .data import InfectionMask, inference_dataloaders, mask_pixels, xray_pixels
 from .decision import Decision
 from .errors import CovfastError
-from .learner import covfast_learner, learner_for_spec, pick_device
+from .archs import ENSEMBLE
+from .ensemble import ensemble_model
+from .learner import build_model, covfast_learner, learner_for_spec, pick_device
 from .outputs import ModelOutput
 from .precision import autocast, memory_format
 from .runs import load_model_weights, load_weights, read_run, resolve_run
@@ -54,11 +56,12 @@ def uncalibrated_note(run: Run) -> str:
             f"`covfast calibrate {run.name}` first")
 
 
-def inference_learner(spec: RunSpec, decision: Decision | None = None, device: str | torch.device | None = None) -> Learner:
+def inference_learner(spec: RunSpec, decision: Decision | None = None, device: str | torch.device | None = None,
+                      model: torch.nn.Module | None = None) -> Learner:
     """The learner of a spec on `inference_dataloaders` (validation transforms only, no data): evaluate, report,
-    compare and predict work from the run directory alone."""
+    compare and predict work from the run directory alone. `model`: one built elsewhere (an ensemble's)."""
     dls = inference_dataloaders(spec.img_size, spec.bs, device=pick_device(device))
-    return covfast_learner(dls, spec, decision, pretrained=False, warn=False, check_data=False)[0]
+    return covfast_learner(dls, spec, decision, pretrained=False, warn=False, check_data=False, model=model)[0]
 
 
 def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None = None,
@@ -76,12 +79,21 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
     decision = Decision.load(run_dir, spec.gate_topk)
     device = device or record.get("device")
     here = spec.replace(precision=precision)
-    learn = (learner_for_spec(here, device=device, decision=decision, pretrained=False, warn=False)[0] if with_data
-             else inference_learner(here, decision, device))
-    load_model_weights(learn.model, load_weights(run_dir / "model.pth", map_location=learn.dls.device), run_dir / "model.pth")
+    # an ensemble's model is its members' (covfast/ensemble.py), each with its own model.pth
+    model = ensemble_model(run_dir, record, _member_model) if spec.arch == ENSEMBLE else None
+    learn = (learner_for_spec(here, device=device, decision=decision, pretrained=False, warn=False, model=model)[0]
+             if with_data else inference_learner(here, decision, device, model))
+    if model is None:
+        load_model_weights(learn.model, load_weights(run_dir / "model.pth", map_location=learn.dls.device),
+                           run_dir / "model.pth")
     learn.model.to(learn.dls.device).eval()  # fastai moves the model only when fitting; prediction feeds it directly
     learn.path = run_dir
     return learn, Run(run_dir, spec, record, decision)
+
+
+def _member_model(spec: RunSpec) -> torch.nn.Module:
+    "A member's model, built as its own learner builds it (DynamicUnet sizes its decoder on the member's input size)."
+    return build_model(spec, img_size=(spec.img_size, spec.img_size))
 
 
 def _input_size(learn: Learner) -> tuple[int, int]:

@@ -147,6 +147,7 @@ def covfast_learner(
     pretrained: bool | None = None,  # override spec.pretrained: False where the weights come from a run's files
     warn: bool = True,  # print the one-line warning when pretrained weights cannot be had
     check_data: bool = True,  # refuse DataLoaders whose targets do not fit the spec's outputs (inference's carry none)
+    model: nn.Module | None = None,  # a model built elsewhere (an ensemble's, of its members' weights) instead of build_model's
 ) -> tuple[Learner, Pretrained]:
     """A Learner with covfast's model, loss and metrics for `spec`, in its precision on the data's device (bf16
     autocast where the CPU runs it natively: about twice as fast); a pretrained encoder comes frozen (unfreeze
@@ -155,7 +156,9 @@ def covfast_learner(
     if check_data:
         _check_targets(dls, spec)
     want = spec.pretrained if pretrained is None else pretrained
-    if spec.arch == "attention-unet":
+    if model is not None:
+        status = Pretrained(False, "a model of trained weights")
+    elif spec.arch == "attention-unet":
         status = Pretrained(False, "attention-unet has no pretrained weights; trained from scratch")
     elif want:
         status = probe_pretrained(spec.arch)
@@ -166,8 +169,8 @@ def covfast_learner(
     stats = SegmentationStats()
     common = dict(loss_func=SegLoss(spec, decision), opt_func=Adam, cbs=[stats, QuietConsoleBars()],
                   metrics=segmentation_metrics(stats, spec.image_head, spec.lungs))
-    if spec.arch == "attention-unet":
-        learn = CovfastLearner(dls, build_model(spec), **common)
+    if model is not None or spec.arch == "attention-unet":
+        learn = CovfastLearner(dls, model if model is not None else build_model(spec), **common)
     else:
         # DynamicUnet sizes its decoder on a batch, as fastai's unet_learner does
         model = build_model(spec, img_size=dls.one_batch()[0].shape[-2:], pretrained=status.used)
@@ -207,7 +210,7 @@ def spec_dataloaders(spec: RunSpec, device: str | torch.device | None = None, nu
 
 def learner_for_spec(spec: RunSpec, device: str | torch.device | None = None, num_workers: int = 0,
                      decision: Decision | None = None, pretrained: bool | None = None, warn: bool = True,
-                     **dl_kwargs) -> tuple[Learner, Pretrained]:
+                     model: nn.Module | None = None, **dl_kwargs) -> tuple[Learner, Pretrained]:
     """The training learner of a spec: its Train/Val data, seeded (train, resume, lr-find, the benchmark all
     build theirs here, so they build the same model). A learner without training data, for scoring and
     prediction, is `inference.inference_learner`."""
@@ -217,7 +220,7 @@ def learner_for_spec(spec: RunSpec, device: str | torch.device | None = None, nu
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     dls = spec_dataloaders(spec, device, num_workers, **dl_kwargs)
-    return covfast_learner(dls, spec, decision, pretrained, warn)
+    return covfast_learner(dls, spec, decision, pretrained, warn, model=model)
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from .config import CLASSES, DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, MAXIMUMS, MINIMUMS, Config, parse_classes, parse_lr
 from .dataset import canonical_root
 from .errors import CovfastError
-from .archs import DEFAULT_FEATURES, check_arch
+from .archs import DEFAULT_FEATURES, ENSEMBLE, check_arch
 
 __all__ = ["FLAGS", "RunSpec"]
 
@@ -39,7 +39,7 @@ _PRECISIONS = ("auto", "fp32", "bf16")
 @dataclass(frozen=True)
 class RunSpec:
     "Every setting of a run; the defaults are covfast's packaged ones (settings.ini and flags override them)."
-    arch: str  # attention-unet, resnet18/34/50/101 or timm/NAME
+    arch: str  # attention-unet, resnet18/34/50/101 or timm/NAME; 'ensemble' for a run made by covfast ensemble
     data_root: str = Config.data_path  # the dataset root (train resolves it to the folder holding the splits)
     img_size: int = Config.img_size  # side of the square the X-rays are resized to
     bs: int = Config.bs
@@ -170,6 +170,9 @@ class RunSpec:
 
     def check_resume(self, run_dir: str | Path, given: Mapping[str, Any]) -> None:
         "Refuse to resume this run with any flag that differs from its own settings, or a run covfast no longer trains."
+        if self.arch == ENSEMBLE:
+            raise CovfastError(f"{run_dir} is an ensemble of trained runs (covfast ensemble): it is not trained; resume "
+                               f"its members instead")
         if given.get("arch") is not None and check_arch(given["arch"]) != self.arch:
             raise CovfastError(f"run {run_dir} trained {self.arch}, not {given['arch']}; use covfast train {self.arch} "
                                f"--resume {run_dir}")
@@ -192,7 +195,7 @@ def _normal(name: str, value: Any, arch: str) -> Any:
     if name == "arch":
         if not isinstance(value, str):
             raise ValueError("is not an architecture name")
-        return check_arch(value)
+        return value if value == ENSEMBLE else check_arch(value)  # an ensemble's spec (covfast ensemble writes it)
     if name in _INTS:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
