@@ -145,10 +145,11 @@ def _check_members(dirs: list[Path]) -> list[tuple[RunSpec, dict]]:
     for d, (spec, record) in zip(dirs, runs):
         if spec.arch == ENSEMBLE:
             raise CovfastError(f"{d} is an ensemble itself; name its members instead")
-        if record.get("status", "complete") != "complete" or not (d / "model.pth").is_file():
-            raise CovfastError(f"{d} is not a finished run (status {record.get('status')!r}"
-                               f"{'' if (d / 'model.pth').is_file() else ', no model.pth'}); finish it with "
-                               f"covfast train {spec.arch} --resume {d}, or leave it out")
+        # an interrupted or diverged run is a member with its best finished epoch; a running one would change
+        if record.get("status") == "running" or not (d / "model.pth").is_file():
+            why = "it is still training (or was killed while it did)" if (d / "model.pth").is_file() else "it has no model.pth"
+            raise CovfastError(f"{d} is not a finished run: {why}; finish it with covfast train {spec.arch} --resume {d}, "
+                               f"or leave it out")
         if spec.gate_topk:
             raise CovfastError(f"{d} decides with the pixel-evidence gate of runs made before the image head; an "
                                f"ensemble averages image probabilities: train it again, or leave it out")
