@@ -66,8 +66,9 @@ score() {  # RUN
   $cf calibrate "$1" --device $DEVICE > $logs/$1-calibrate.log 2>&1 &&
     $cf evaluate "$1" --split Test --device $DEVICE > $logs/$1-evaluate.log 2>&1 || echo "$1: scoring failed"
 }
-for r in gpu-aunet gpu-r34 $([ "$SIX" = 1 ] && echo lung-r34-s42 lung-r34-s1); do score $r & done
-wait
+scoring=""
+for r in gpu-aunet gpu-r34 $([ "$SIX" = 1 ] && echo lung-r34-s42 lung-r34-s1); do score $r & scoring="$scoring $!"; done
+wait $scoring  # not a bare wait: nvidia-smi's logger runs in the background until the end
 
 say "3. the ensemble of the two 256-px runs"
 if $cf ensemble gpu-aunet gpu-r34 --name gpu-ensemble > $logs/gpu-ensemble.log 2>&1; then

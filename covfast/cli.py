@@ -55,7 +55,7 @@ class _Group(TyperGroup):
             raise typer.Exit(1)
 
 
-_type_column = TyperOption.display_type_rich
+_type_column = getattr(TyperOption, "display_type_rich", None)
 
 
 def _no_metavar_for_flags(self, ctx):
@@ -63,7 +63,8 @@ def _no_metavar_for_flags(self, ctx):
     return None if getattr(self, "is_flag", False) else _type_column(self, ctx)
 
 
-TyperOption.display_type_rich = _no_metavar_for_flags
+if _type_column is not None:  # typer versions without it show no such type
+    TyperOption.display_type_rich = _no_metavar_for_flags
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Find and outline COVID-19 infection in chest X-rays (COVID-QU-Ex) with fastai.")
