@@ -18,9 +18,7 @@ from covfast.outputs import model_output
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write runs/ relative to the working directory
 
 
 def test_gate_margin_raises_the_evidence_needed():

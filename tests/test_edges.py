@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from covfast.config import Config
 from covfast.dataset import DATASET_DIR
-from tests.helpers import cli, one_line_exit_2, train
+from tests.helpers import cli, one_line_exit_2
 
 pytestmark = pytest.mark.usefixtures("in_tmp")
 

@@ -138,3 +138,12 @@ def test_what_cannot_be_an_ensemble_is_refused_in_one_line(synth_root, members, 
     one_line_exit_2(cli("ensemble", "ab", "c"), "is an ensemble itself")
     one_line_exit_2(cli("train", "ensemble"), "an ensemble is not trained", "covfast ensemble RUN RUN")
     assert not (in_tmp / "runs" / "ensemble").exists()
+
+
+def test_show_results_draws_the_ensembles_predictions(synth_root, members, in_tmp):
+    import matplotlib
+    matplotlib.use("Agg")
+    make_ensemble(["a", "b"], "ab", runs_dir="runs", say=lambda _: None)
+    learn, run = load_run("ab", with_data=True, precision="fp32")
+    table = learn.show_results(max_n=2)
+    assert len(table) == 2 and table.p_covid.between(0, 1).all() and run.spec.arch == "ensemble"

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,9 +28,7 @@ def truth_stats(data_root, split):
     return out
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write runs/ relative to the working directory
 
 
 def test_all_infection_run(synth_root, tmp_path, fake_run):

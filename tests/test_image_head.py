@@ -18,9 +18,7 @@ from covfast.spec import RunSpec
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write runs/ relative to the working directory
 
 
 @pytest.mark.parametrize("arch", ["attention-unet", pytest.param("resnet18", marks=pytest.mark.slow),

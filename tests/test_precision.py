@@ -1,6 +1,5 @@
 """--precision: what `auto` picks, what a run records, and what bf16 changes in the numbers."""
 
-import pandas as pd
 import pytest
 import torch
 from fastai.callback.core import Callback
@@ -18,9 +17,7 @@ from tests.helpers import train
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write runs/ relative to the working directory
 
 
 def test_auto_is_fp32_on_a_cpu_without_native_bf16(monkeypatch):

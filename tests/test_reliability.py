@@ -6,42 +6,22 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from covfast.cli import app
 from covfast.config import Config
 from covfast.dataset import DATASET_DIR
-from covfast.runs import RunLock, load_weights, read_json
-from tests.helpers import train
+from covfast.runs import load_weights, read_json
+from tests.helpers import cli, one_line_exit_2, train
 
-runner = CliRunner()
 TINY = ["--size", "32", "--bs", "4", "--features", "4,8", "--lr", "3e-3"]
 
 
-def cli(*args, env=None):
-    return runner.invoke(app, [str(a) for a in args], env=env)
-
-
-def one_line_exit_2(result, *needles):
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1, lines
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write runs/ relative to the working directory
 
 
 @pytest.mark.slow

@@ -6,22 +6,15 @@ import pandas as pd
 import pytest
 import torch
 from fastai.callback.core import Callback
-from typer.testing import CliRunner
 
-from covfast.cli import app
 from covfast.config import Config
 from covfast.errors import CovfastError
 from covfast.runs import HISTORY_COLUMNS, load_weights, read_json
 from covfast.learner import learner_for_spec
 from covfast.spec import RunSpec
-from tests.helpers import train
+from tests.helpers import cli, train
 
-runner = CliRunner()
 RUN_FILES = {"config.json", "history.csv", "model.pth"}
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def tiny(tmp_path, **kw):
@@ -56,10 +49,7 @@ def test_cli_training_writes_every_run_file(synth_root, tmp_path, arch):
     assert (run / "history.csv").read_bytes() == before
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    "Commands write runs/ relative to the working directory: keep it in the test's folder."
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write runs/ relative to the working directory
 
 
 @pytest.mark.slow
