@@ -18,7 +18,7 @@ except ImportError:
 from typer.core import TyperGroup, TyperOption
 
 from . import __version__
-from .archs import check_arch
+from .archs import arch_help, check_arch
 from .config import DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, MAXIMUMS, Config, load_config
 from .errors import CovfastError, environment_problem, format_problems, os_problem
 
@@ -169,9 +169,7 @@ def synth(
     typer.echo(f"Wrote {9 * per_class} synthetic X-rays ({size}x{size}) with masks under {out}")
 
 
-ArchArg = Annotated[str, typer.Argument(
-    help="Model: attention-unet, resnet34 (DynamicUnet on ResNet34; also resnet18/50/101) or timm/NAME "
-         "(a timm CNN encoder, e.g. timm/efficientnet_b0).", show_default=False)]
+ArchArg = Annotated[str, typer.Argument(help=f"Model. {arch_help()}.", show_default=False)]
 SizeOpt = Annotated[Optional[int], typer.Option("--size", min=16, max=MAXIMUMS["img_size"], help=f"Image side the items are resized to. Default: {SET.img_size} {_FROM.format('IMG_SIZE')}.", show_default=False)]
 BsOpt = Annotated[Optional[int], typer.Option("--bs", min=1, help=f"Batch size. Default: {SET.bs} {_FROM.format('BS')}.", show_default=False)]
 ClassesOpt = Annotated[Optional[str], typer.Option(

@@ -25,12 +25,13 @@ __all__ = ["paired_differences", "compare"]
 
 def paired_differences(base: pd.DataFrame, other: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
     "Per class and overall: mean of other - base Dice on the same images, bootstrap 95% CI, and wins."
-    joined = base.merge(other, on="image", suffixes=("_a", "_b"))
+    # an image is its class folder and file name: the stored paths differ when runs were scored from other folders
+    joined = base.merge(other, on=["class", "file"], suffixes=("_a", "_b"))
     if joined.empty:
         raise CovfastError("the runs were evaluated on different images; evaluate them on the same --data and --split")
     joined["diff"] = joined.dice_b - joined.dice_a
     rows = []
-    for name, g in [*joined.groupby("class_a"), ("All", joined)]:
+    for name, g in [*joined.groupby("class"), ("All", joined)]:
         lo, hi = bootstrap_ci(g["diff"].to_numpy(), n_boot)
         rows.append({"group": name, "n": len(g), "mean_dice_difference": g["diff"].mean(), "ci_low": lo, "ci_high": hi,
                      "b_better": int((g["diff"] > 1e-9).sum()), "a_better": int((g["diff"] < -1e-9).sum()),
@@ -85,7 +86,7 @@ def compare(
     # the same images through every model: COVID best/median/worst by mean Dice, and the biggest disagreement
     dice = results[0][0][["image", "file", "class"]].copy()
     for n, (per, _) in zip(names, results):
-        dice[n] = dice.image.map(per.set_index("image").dice)
+        dice[n] = dice.set_index(["class", "file"]).index.map(per.set_index(["class", "file"]).dice)
     rows = compare_picks(dice, names)
     through = [infer_cases(load_run(d, config.runs_dir, device, precision=config.precision)[0], rows) for d in dirs]
     cases = [{"title": f"{first['row']['file']}\n{first['row']['label']}", "gray": first["gray"], "truth": first["truth"],

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
-import torchvision
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 from fastai.torch_core import set_seed
-from fastai.vision.learner import create_unet_model, model_meta
 from fastai.vision.core import imagenet_stats
-from fastai.vision.models.unet import DynamicUnet
 from torch import nn
 
 from .callbacks import QuietConsoleBars
-from .data import CODES, LUNG_CODES, covid_dataloaders, loader_settings
+from .data import covid_dataloaders, loader_settings
 from .decision import Decision, image_probability, learner_decision, predicted_lung
 from .errors import CovfastError
 from .figures import plot_cases
 from .losses import SegLoss
 from .metrics import SegmentationStats, confusion_counts, dice_from_counts, has_infection, segmentation_metrics
-from .models import AttentionUNet, UnetOutputs, check_arch, timm_encoder
+from .archs import arch_entry, check_arch
 from .precision import resolve_precision, use_precision
 from .spec import RunSpec
 
@@ -46,18 +41,13 @@ def _warn(msg: str) -> None:
 
 
 def probe_pretrained(arch: str) -> Pretrained:
-    "Fetch (or find cached) ImageNet weights for `arch`; offline, say why not in one line."
+    "Fetch (or find cached) ImageNet weights for `arch` (its registry entry says how); offline, say why not in one line."
     arch = check_arch(arch)
-    if arch == "attention-unet":
-        return Pretrained(False, "attention-unet has no pretrained weights; trained from scratch")
-    quiet = io.StringIO()  # torch.hub prints its own 'Downloading ...' line
+    entry = arch_entry(arch)
+    if entry.fetch_pretrained is None:
+        return Pretrained(False, f"{arch} has no pretrained weights; trained from scratch")
     try:
-        with contextlib.redirect_stderr(quiet):
-            if arch.startswith("timm/"):
-                timm_encoder(arch[5:], pretrained=True)
-            else:
-                weights = torchvision.models.get_model_weights(arch).DEFAULT
-                weights.get_state_dict(progress=False, check_hash=True)
+        entry.fetch_pretrained(arch)
         return Pretrained(True)
     except Exception as e:  # offline, no cache, blocked hub: train from scratch rather than fail
         reason = f"ImageNet weights for {arch} could not be loaded ({e.__class__.__name__}: {str(e)[:120]}); trained from scratch"
@@ -65,44 +55,13 @@ def probe_pretrained(arch: str) -> Pretrained:
 
 
 def build_model(
-    spec: RunSpec,  # arch, features (attention-unet), cls_weight (> 0: the image head)
+    spec: RunSpec,  # arch, features (attention-unet), cls_weight (> 0: the image head), lung_weight (> 0: the lung output)
     img_size: tuple[int, int] | None = None,  # what DynamicUnet sizes its decoder with (default: the spec's square)
     pretrained: bool = False,  # ImageNet encoder weights (downloaded, or found cached)
 ) -> nn.Module:
-    """The model of a run spec, returning named outputs (`outputs.ModelOutput`): the one factory behind the
-    learner, the benchmark and the tests.
-
-    attention-unet -> `AttentionUNet`; resnet18/34/50/101 -> fastai's DynamicUnet on the torchvision encoder
-    (as `unet_learner` builds it); timm/NAME -> DynamicUnet on the timm encoder; both in `UnetOutputs`.
-    """
-    if spec.arch == "attention-unet":
-        return AttentionUNet(3, len(CODES), spec.features, image_head=spec.image_head, lung_head=spec.lungs)
-    img_size = img_size or (spec.img_size, spec.img_size)
-    n_out = len(CODES) + (len(LUNG_CODES) if spec.lungs else 0)
-    if spec.arch.startswith("timm/"):
-        unet = DynamicUnet(timm_encoder(spec.arch[5:], pretrained), n_out, img_size)
-    else:
-        unet = create_unet_model(getattr(torchvision.models, spec.arch), n_out, img_size, pretrained=pretrained)
-    return UnetOutputs(unet, image_head=spec.image_head, lungs=spec.lungs)
-
-
-def _encoder_splitter(model: nn.Module) -> list:
-    "Two parameter groups, the encoder and the rest (decoder, image head), for discriminative learning rates (timm encoders)."
-    encoder = list(model.unet[0].parameters())
-    ids = {id(p) for p in encoder}
-    return [encoder, [p for p in model.parameters() if id(p) not in ids]]
-
-
-def _resnet_splitter(arch: str):
-    "fastai's own parameter groups for a torchvision ResNet U-Net (stem + first stages, later stages, decoder), the image head with the decoder."
-    split = model_meta[getattr(torchvision.models, arch)]["split"]
-
-    def splitter(model: nn.Module) -> list:
-        groups = list(split(model.unet))
-        if model.image_head is not None:
-            groups[-1] = [*groups[-1], *model.image_head.parameters()]
-        return groups
-    return splitter
+    """The model of a run spec, returning named outputs (`outputs.ModelOutput`), built by its entry in the
+    architecture registry (`archs.ARCHS`): the one factory behind the learner, the benchmark and the tests."""
+    return arch_entry(spec.arch).build(spec, img_size, pretrained)
 
 
 class CovfastLearner(Learner):
@@ -156,10 +115,11 @@ def covfast_learner(
     if check_data:
         _check_targets(dls, spec)
     want = spec.pretrained if pretrained is None else pretrained
-    if model is not None:
+    entry = None if model is not None else arch_entry(spec.arch)
+    if entry is None:
         status = Pretrained(False, "a model of trained weights")
-    elif spec.arch == "attention-unet":
-        status = Pretrained(False, "attention-unet has no pretrained weights; trained from scratch")
+    elif entry.fetch_pretrained is None:
+        status = Pretrained(False, f"{spec.arch} has no pretrained weights; trained from scratch")
     elif want:
         status = probe_pretrained(spec.arch)
         if not status.used and warn:
@@ -169,15 +129,15 @@ def covfast_learner(
     stats = SegmentationStats()
     common = dict(loss_func=SegLoss(spec, decision), opt_func=Adam, cbs=[stats, QuietConsoleBars()],
                   metrics=segmentation_metrics(stats, spec.image_head, spec.lungs))
-    if model is not None or spec.arch == "attention-unet":
-        learn = CovfastLearner(dls, model if model is not None else build_model(spec), **common)
-    else:
+    if entry is not None:
         # DynamicUnet sizes its decoder on a batch, as fastai's unet_learner does
-        model = build_model(spec, img_size=dls.one_batch()[0].shape[-2:], pretrained=status.used)
-        splitter = _encoder_splitter if spec.arch.startswith("timm/") else _resnet_splitter(spec.arch)
-        learn = CovfastLearner(dls, model, splitter=splitter, **common)
-        if status.used:
-            learn.freeze()  # a pretrained encoder comes frozen, as unet_learner leaves it
+        size = tuple(dls.one_batch()[0].shape[-2:]) if entry.sized_on_batch else None
+        model = build_model(spec, img_size=size, pretrained=status.used)
+    if entry is not None and entry.splitter is not None:
+        common["splitter"] = entry.splitter(spec.arch)
+    learn = CovfastLearner(dls, model, **common)
+    if status.used:
+        learn.freeze()  # a pretrained encoder comes frozen, as unet_learner leaves it
     learn.covfast_spec = spec
     use_precision(learn, resolve_precision(spec.precision, dls.device))
     return learn, status

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from .config import CLASSES, DEFAULT_CLS_WEIGHT, DEFAULT_LUNG_WEIGHT, MAXIMUMS, MINIMUMS, Config, parse_classes, parse_lr
 from .dataset import canonical_root
 from .errors import CovfastError
-from .archs import DEFAULT_FEATURES, ENSEMBLE, check_arch
+from .archs import ARCHS, DEFAULT_FEATURES, ENSEMBLE, arch_entry, check_arch
 
 __all__ = ["FLAGS", "RunSpec"]
 
@@ -49,7 +49,7 @@ class RunSpec:
     seed: int = Config.seed
     precision: str = Config.precision  # auto, fp32 or bf16, as asked (config.json records what it came to)
     pretrained: bool = True  # ImageNet encoder weights, as asked (config.json records whether they were had)
-    features: tuple[int, ...] | None = None  # attention-unet channel widths (default DEFAULT_FEATURES); None for others
+    features: tuple[int, ...] | None = None  # channel widths of an arch that takes them (attention-unet; default DEFAULT_FEATURES); None for others
     dice_weight: float = 1.0  # the Dice term's weight beside cross-entropy's 1
     cls_weight: float = DEFAULT_CLS_WEIGHT  # the image-level head's BCE weight; 0: no head
     lung_weight: float = DEFAULT_LUNG_WEIGHT  # the lung output's loss weight; 0: no lung output
@@ -67,10 +67,12 @@ class RunSpec:
                 if isinstance(e, CovfastError):  # check_arch, parse_lr, parse_classes say it all themselves
                     raise
                 raise CovfastError(f"{f.name} {value!r} {e}") from None
-        if self.features is None and self.arch == "attention-unet":
+        takes_features = self.arch != ENSEMBLE and arch_entry(self.arch).features
+        if self.features is None and takes_features:
             object.__setattr__(self, "features", DEFAULT_FEATURES)
-        if self.features is not None and self.arch != "attention-unet":
-            raise CovfastError(f"--features sets attention-unet's widths; {self.arch} takes its widths from its encoder")
+        if self.features is not None and not takes_features:
+            takers = ", ".join(a.name for a in ARCHS.values() if a.features)
+            raise CovfastError(f"--features sets the widths of {takers}; {self.arch} takes its widths from its encoder")
 
     @property
     def image_head(self) -> bool:

@@ -11,8 +11,10 @@ runner = CliRunner()
 
 
 def test_paired_differences_by_hand():
-    a = pd.DataFrame({"image": ["x", "y", "z"], "class": ["COVID-19", "COVID-19", "Non-COVID"], "dice": [0.5, 0.2, 1.0]})
-    b = a.assign(dice=[0.7, 0.2, 0.0])
+    a = pd.DataFrame({"image": ["../d/x.png", "../d/y.png", "../d/z.png"], "file": ["x.png", "y.png", "z.png"],
+                      "class": ["COVID-19", "COVID-19", "Non-COVID"], "dice": [0.5, 0.2, 1.0]})
+    # the same images scored from another folder (an absolute data root): paired by class and file name
+    b = a.assign(dice=[0.7, 0.2, 0.0], image=["/work/d/x.png", "/work/d/y.png", "/work/d/z.png"]).iloc[::-1]
     table = paired_differences(a, b, n_boot=200).set_index("group")
     assert table.loc["COVID-19", "mean_dice_difference"] == pytest.approx(0.1)
     assert table.loc["All", "mean_dice_difference"] == pytest.approx((0.2 + 0 - 1) / 3)

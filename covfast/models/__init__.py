@@ -1,16 +1,81 @@
-"""Architecture registry: 'attention-unet', torchvision ResNets ('resnet18/34/50/101') and timm CNNs ('timm/NAME')."""
+"""The models, and the builders, splitters and ImageNet-weight fetchers the architecture registry
+(`covfast.archs.ARCHS`) names: 'attention-unet', torchvision ResNets ('resnet18/34/50/101') and timm CNNs
+('timm/NAME')."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+
+import torchvision
+from fastai.vision.learner import create_unet_model, model_meta
+from fastai.vision.models.unet import DynamicUnet
 from torch import nn
 
 from ..archs import DEFAULT_FEATURES, RESNETS, arch_slug, check_arch
+from ..data import CODES, LUNG_CODES
 from ..errors import CovfastError
 from .attention_unet import AttentionGate, AttentionUNet
 from .image_head import ImageHead, UnetOutputs
 
 __all__ = ["AttentionUNet", "AttentionGate", "DEFAULT_FEATURES", "ImageHead", "UnetOutputs", "RESNETS", "check_arch", "arch_slug",
-           "timm_encoder"]
+           "timm_encoder", "build_attention_unet", "build_torchvision_unet", "build_timm_unet", "resnet_splitter",
+           "encoder_splitter", "fetch_torchvision_weights", "fetch_timm_weights"]
+
+
+def build_attention_unet(spec) -> nn.Module:
+    "covfast's Attention U-Net of a spec: its widths (`features`), the image head and the lung output as it asks."
+    return AttentionUNet(3, len(CODES), spec.features, image_head=spec.image_head, lung_head=spec.lungs)
+
+
+def _outputs(spec) -> int:
+    "A DynamicUnet's output channels: infection (background, infection), and (background, lung) with the lung output."
+    return len(CODES) + (len(LUNG_CODES) if spec.lungs else 0)
+
+
+def build_torchvision_unet(spec, img_size: tuple[int, int] | None, pretrained: bool) -> nn.Module:
+    "fastai's DynamicUnet on a torchvision ResNet, as `unet_learner` builds it, in `UnetOutputs`."
+    img_size = img_size or (spec.img_size, spec.img_size)
+    unet = create_unet_model(getattr(torchvision.models, spec.arch), _outputs(spec), img_size, pretrained=pretrained)
+    return UnetOutputs(unet, image_head=spec.image_head, lungs=spec.lungs)
+
+
+def build_timm_unet(spec, img_size: tuple[int, int] | None, pretrained: bool) -> nn.Module:
+    "fastai's DynamicUnet on a timm CNN's feature extractor (`timm_encoder`), in `UnetOutputs`."
+    img_size = img_size or (spec.img_size, spec.img_size)
+    unet = DynamicUnet(timm_encoder(spec.arch[5:], pretrained), _outputs(spec), img_size)
+    return UnetOutputs(unet, image_head=spec.image_head, lungs=spec.lungs)
+
+
+def encoder_splitter(model: nn.Module) -> list:
+    "Two parameter groups, the encoder and the rest (decoder, image head), for discriminative learning rates (timm encoders)."
+    encoder = list(model.unet[0].parameters())
+    ids = {id(p) for p in encoder}
+    return [encoder, [p for p in model.parameters() if id(p) not in ids]]
+
+
+def resnet_splitter(arch: str):
+    "fastai's own parameter groups for a torchvision ResNet U-Net (stem + first stages, later stages, decoder), the image head with the decoder."
+    split = model_meta[getattr(torchvision.models, arch)]["split"]
+
+    def splitter(model: nn.Module) -> list:
+        groups = list(split(model.unet))
+        if model.image_head is not None:
+            groups[-1] = [*groups[-1], *model.image_head.parameters()]
+        return groups
+    return splitter
+
+
+def fetch_torchvision_weights(arch: str) -> None:
+    "Fetch (or find cached) torchvision's ImageNet weights for `arch`; raises when they cannot be had."
+    with contextlib.redirect_stderr(io.StringIO()):  # torch.hub prints its own 'Downloading ...' line
+        torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False, check_hash=True)
+
+
+def fetch_timm_weights(arch: str) -> None:
+    "Fetch (or find cached) timm's ImageNet weights for `timm/NAME`; raises when they cannot be had."
+    with contextlib.redirect_stderr(io.StringIO()):
+        timm_encoder(arch[5:], pretrained=True)
 
 
 def timm_encoder(name: str, pretrained: bool) -> nn.Sequential:
