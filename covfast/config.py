@@ -90,7 +90,7 @@ MINIMUMS: dict[str, int] = {"img_size": 16, "bs": 1, "epochs": 1, "num_workers":
 # input alone); a larger side fails deep inside torch (OverflowError, "array is too big")
 MAXIMUMS: dict[str, int] = {"img_size": 4096, "seed": 2**32 - 1}  # seed: the largest NumPy and torch both accept
 # the largest X-ray covfast reads (PNG, JPEG or DICOM); a chest film scanned at 300 dpi is about 4300x5200 pixels
-MAX_PIXELS = 50_000_000
+from .portable import MAX_PIXELS  # noqa: E402  (one number, where the X-ray readers live)
 
 
 def _convert(name: str, raw: str, source: str) -> Any:

@@ -18,9 +18,9 @@ from fastai.vision.core import AddMaskCodes, PILImage, PILMask, imagenet_stats
 from matplotlib.colors import ListedColormap
 from PIL import Image
 
-from .config import CLASSES, MAX_PIXELS
+from . import portable
+from .config import CLASSES
 from .dataset import scan_tree
-from .dicom import is_dicom, read_dicom
 from .errors import CovfastError
 
 __all__ = ["CODES", "LUNG_CODES", "InfectionMask", "LungMask", "ItemCacheDL", "PILInfectionMask", "PILLungMask", "read_xray",
@@ -63,20 +63,12 @@ class PILLungMask(PILMask):
 
 
 def read_xray(path: str | Path) -> np.ndarray:
-    "Any PNG/JPEG X-ray (8- or 16-bit, grayscale or RGB), or a DICOM one (`dicom.read_dicom`) -> uint8 HxW grayscale."
-    if is_dicom(path):
-        return read_dicom(path)
-    with Image.open(path) as im:
-        if im.width * im.height > MAX_PIXELS:
-            raise CovfastError(f"{im.width}x{im.height} pixels is more than covfast reads "
-                               f"({MAX_PIXELS // 1_000_000} megapixels at most); downscale it")
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit: scale the full range, not clip (PIL's convert('L') would saturate)
-            arr = np.asarray(im, dtype=np.float32)
-            top = 65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0
-            return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.asarray(im.convert("L"))
+    """Any PNG/JPEG X-ray (8- or 16-bit, grayscale or RGB), or a DICOM one, -> uint8 HxW grayscale (`portable.read_xray`,
+    what an export's standalone prediction reads with too); what cannot be read is one CovfastError."""
+    try:
+        return portable.read_xray(path)
+    except portable.XrayError as e:
+        raise CovfastError(str(e)) from None
 
 
 def read_mask(path: str | Path) -> np.ndarray:

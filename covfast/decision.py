@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 from .errors import CovfastError
 from .outputs import ModelOutput, as_output
+# the three verdicts (see the module's docstring), in the order tables list them, as the standalone prediction says them
+from .portable import EMPTY, FLAGGED, OUTCOMES, OUTLINED
 from .runs import read_json
 
 __all__ = ["CALIBRATION_FILE", "OUTLINED", "FLAGGED", "EMPTY", "OUTCOMES", "outcome", "predicted_infection", "predicted_lung", "image_probability", "evidence_scores", "Decision",
@@ -37,11 +39,6 @@ __all__ = ["CALIBRATION_FILE", "OUTLINED", "FLAGGED", "EMPTY", "OUTCOMES", "outc
 # written by `covfast calibrate`, read by `Decision.load`
 CALIBRATION_FILE = "calibration.json"
 
-# The three verdicts (see the module's docstring), in the order tables list them
-OUTLINED = "COVID-19 infection"
-FLAGGED = "COVID-19 flagged, nothing outlined"
-EMPTY = "no COVID-19 infection"
-OUTCOMES: tuple[str, ...] = (OUTLINED, FLAGGED, EMPTY)
 
 
 def outcome(kept: bool | None, outlined: bool) -> str:

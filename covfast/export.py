@@ -13,6 +13,7 @@ bounded.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 from fastai.vision.core import imagenet_stats
 from torch import nn
 
-from . import __version__
+from . import __version__, portable
 from .config import Config
 from .dataset import SPLITS, scan_tree
 from .errors import CovfastError
@@ -33,7 +34,7 @@ from .archs import ENSEMBLE
 from .ensemble import weights_digest
 from .runs import read_run_config, run_subdir, sha256, write_json
 
-__all__ = ["EXPORTER", "OPSET", "TOLERANCE", "to_onnx", "export", "OnnxModel", "load_onnx", "stale_export_note"]
+__all__ = ["EXPORTER", "OPSET", "TOLERANCE", "to_onnx", "export", "OnnxModel", "load_onnx", "check_export", "stale_export_note"]
 
 EXPORTER = "torch.onnx.export, TorchScript-based exporter (dynamo=False)"
 OPSET = 17
@@ -138,8 +139,13 @@ def export(
         "model": "model.onnx", "covfast_version": __version__, "exporter": EXPORTER, "opset": OPSET,
         "arch": loaded.spec.arch, "weights_sha256": weights_digest(loaded.dir), "run": loaded.name,
         "input": {"name": "image", "shape": ["batch", 3, height, width], "dtype": "float32",
-                  "from_xray": (f"read the X-ray as 8-bit grayscale, resize it to {width}x{height} (bilinear, no aspect "
-                                f"kept), repeat it over 3 channels, divide by 255, subtract mean and divide by std per channel"),
+                  "from_xray": (f"read the X-ray as 8-bit gray: an 8-bit PNG or JPEG as its luminance (Pillow's "
+                                f"convert('L')); a 16-bit PNG scaled over its full range (round(x / 65535 x 255)), not "
+                                f"clipped; a DICOM through its Modality LUT and first VOI window (else its own range), "
+                                f"MONOCHROME1 inverted; then resize it to {width}x{height} with Pillow's bilinear resize "
+                                f"(antialiased when it shrinks, no aspect kept), repeat it over 3 channels, divide by 255, "
+                                f"subtract mean and divide by std per channel. onnx_predict.py beside this file does all of "
+                                f"it, with NumPy and Pillow"),
                   "mean": list(mean), "std": list(std)},
         "outputs": {
             "infection": "logits (batch, 2, H, W): channel 1 infection, channel 0 background; infection where 1 > 0",
@@ -147,7 +153,10 @@ def export(
                if "covid" in names else {}),
             **({"lung": "logits (batch, 2, H, W): channel 1 lung, channel 0 background"} if "lung" in names else {}),
         },
-        "to_xray": "upsample the logits (bilinear) to the X-ray's size before taking the masks",
+        "to_xray": ("resize the logits to the X-ray's size (bilinear, half-pixel centres: PyTorch's align_corners=False) "
+                    "before taking the masks"),
+        "standalone": ("python onnx_predict.py EXPORT_DIR XRAY... --out DIR: <stem>.png infection masks (0/255) and the "
+                       "decision and severity of each X-ray, with onnxruntime, NumPy and Pillow (pydicom for DICOM)"),
         **({"ensemble": _ensemble_note(loaded)} if loaded.spec.arch == ENSEMBLE else {}),
         "model_sha256": sha256(path),
         "decision": {"threshold": decision.threshold, "rule": "an X-ray whose probability is at or below the threshold "
@@ -158,6 +167,8 @@ def export(
                                                           "tolerance": TOLERANCE},
     }
     write_json(out / "model.json", sidecar)
+    # the reading, resizing and decision in NumPy, so the export runs without covfast (a copy: it imports nothing of covfast)
+    shutil.copyfile(Path(portable.__file__), out / "onnx_predict.py")
     return path, sidecar, diff
 
 
@@ -205,7 +216,13 @@ def stale_export_note(run: Run) -> str:
 
 def load_onnx(run: Run) -> OnnxModel:
     """A run's exported model (<run>/export), checked to be of the run's current weights and decision, the very
-    model.onnx export wrote beside its sidecar, with the outputs the sidecar lists."""
+    model.onnx export wrote beside its sidecar, with the outputs the sidecar lists (`check_export`)."""
+    return check_export(run)[1]
+
+
+def check_export(run: Run) -> tuple[Path, OnnxModel]:
+    """The run's export folder and its model, refused in one line unless it holds the run's current weights and
+    decision, the very model.onnx export wrote beside its sidecar, with the outputs the sidecar lists."""
     folder = run.dir / "export"
     again = f"run `covfast export {run.name}` again"
     if not (folder / "model.onnx").is_file() or not (folder / "model.json").is_file():
@@ -228,4 +245,4 @@ def load_onnx(run: Run) -> OnnxModel:
     if set(model.names) != listed:
         raise CovfastError(f"{folder / 'model.json'} lists the outputs {', '.join(sorted(listed)) or 'none'}, but "
                            f"{folder / 'model.onnx'} has {', '.join(sorted(model.names))}; {again}")
-    return model
+    return folder, model

@@ -30,7 +30,7 @@ from .precision import autocast, memory_format
 from .runs import load_model_weights, load_weights, read_run, resolve_run
 from .spec import RunSpec
 
-__all__ = ["Run", "uncalibrated_note", "inference_learner", "load_run", "validation_batch", "iter_outputs"]
+__all__ = ["Run", "uncalibrated_note", "inference_learner", "load_run", "run_record", "validation_batch", "iter_outputs"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,8 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
     `precision` ('auto', 'fp32' or 'bf16') is what this machine predicts in, whatever the run trained in;
     `learn.get_preds`, `show_results` and `iter_outputs` all use it.
     """
-    run_dir = resolve_run(run, runs_dir)
-    spec, record = read_run(run_dir)
-    decision = Decision.load(run_dir, spec.gate_topk)
+    loaded = run_record(run, runs_dir)
+    run_dir, spec, record, decision = loaded.dir, loaded.spec, loaded.record, loaded.decision
     device = device or record.get("device")
     here = spec.replace(precision=precision)
     # an ensemble's model is its members' (covfast/ensemble.py), each with its own model.pth
@@ -88,7 +87,14 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
                            run_dir / "model.pth")
     learn.model.to(learn.dls.device).eval()  # fastai moves the model only when fitting; prediction feeds it directly
     learn.path = run_dir
-    return learn, Run(run_dir, spec, record, decision)
+    return learn, loaded
+
+
+def run_record(run: str | Path, runs_dir: str | Path = "runs") -> Run:
+    "A run's directory, settings, config.json record and decision, without its model (ONNX prediction needs no more)."
+    run_dir = resolve_run(run, runs_dir)
+    spec, record = read_run(run_dir)
+    return Run(run_dir, spec, record, Decision.load(run_dir, spec.gate_topk))
 
 
 def _member_model(spec: RunSpec) -> torch.nn.Module:

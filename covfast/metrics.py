@@ -24,6 +24,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as _sk_roc_curve
 
 from .config import CLASSES
+# severity's definitions live with the X-ray reading, where an export's standalone prediction uses them too
+from .portable import NO_LUNGS, SEVERITY_BANDS, infection_pct, severity_band, severity_band_name
 from .decision import image_probability, learner_decision, predicted_lung
 
 __all__ = ["has_infection", "infected", "confusion_counts", "dice_from_counts", "iou_from_counts", "pooled_dice",
@@ -134,32 +136,6 @@ def bootstrap_auc(scores, positive, n_boot: int = 1000, seed: int = 0) -> tuple[
     ci = bootstrap((scores[positive], scores[~positive]), _auc_of_samples, n_resamples=n_boot, method="percentile",
                    random_state=seed, vectorized=True).confidence_interval
     return auc, float(ci.low), float(ci.high)
-
-
-def infection_pct(mask: np.ndarray, lung: np.ndarray) -> float:
-    "Infection % of lung, 100 |mask ∩ lung| / |lung| (boolean arrays of one shape); NaN when the lung mask is empty."
-    n_lung = int(lung.sum())
-    return 100.0 * int((mask & lung).sum()) / n_lung if n_lung else float("nan")
-
-
-# Severity bands of infection % of lung: 0, <25, 25-50, 50-75, >=75.
-SEVERITY_BANDS = ("0", "<25", "25-50", "50-75", ">=75")
-
-
-def severity_band(pct: np.ndarray | float) -> np.ndarray:
-    "Band index 0..4 of infection % of lung (callers leave out NaN, the undefined % of an empty lung mask)."
-    pct = np.asarray(pct, dtype=float)
-    return np.where(pct <= 0, 0, np.digitize(pct, [25, 50, 75]) + 1)
-
-
-# One rule for an X-ray whose lung mask (predicted or given) is empty: its infection % of lung is undefined
-# (NaN), its band reads this, and the severity figures leave it out (evaluate counts such images).
-NO_LUNGS = "no lungs found"
-
-
-def severity_band_name(pct: float) -> str:
-    "The band of one infection % of lung, as predictions.csv names it: '0', '<25', '25-50', '50-75', '>=75' or NO_LUNGS."
-    return NO_LUNGS if pct != pct else SEVERITY_BANDS[int(severity_band(pct))]
 
 
 def _graded(pred_pct, true_pct) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from .decision import EMPTY, FLAGGED, OUTLINED, image_probability, predicted_lun
 from .dataset import SUBDIRS
 from .dicom import DICOM_SUFFIXES
 from .figures import captioned, overlay
-from .inference import iter_outputs, load_run, uncalibrated_note
+from .inference import iter_outputs, load_run, run_record, uncalibrated_note
 from .metrics import infection_pct, severity_band_name
 from .runs import run_subdir
 
@@ -116,11 +116,13 @@ def predict(
     if engine not in ("torch", "onnx"):
         raise CovfastError(f"--engine {engine!r} is not one of torch, onnx")
     files = collect_images(paths, say)
-    learn, loaded = load_run(run, config.runs_dir, device if engine == "torch" else "cpu",
-                             precision=config.precision if engine == "torch" else "fp32")
-    if engine == "onnx":
-        from .export import load_onnx
-        learn.model = load_onnx(loaded)
+    if engine == "onnx":  # the export through onnxruntime and covfast/portable.py: no learner, no PyTorch model
+        from .export import check_export
+        from .portable import ExportedModel
+        loaded = run_record(run, config.runs_dir)
+        exported = ExportedModel(check_export(loaded)[0])
+    else:
+        learn, loaded = load_run(run, config.runs_dir, device, precision=config.precision)
     out = Path(out) if out else run_subdir(loaded.dir, "predictions", f"{datetime.now():%Y%m%d-%H%M%S}")
     if (out / "predictions.csv").exists():
         raise CovfastError(f"{out} already holds predictions.csv; choose another --out")
@@ -151,11 +153,17 @@ def predict(
             fail("image", f, f"{e.__class__.__name__}: {str(e)[:100]}")
     rows, taken = [], set()
     if good:
-        items = pd.DataFrame({"image": [str(f) for f in good]})
-        for i, output, _ in iter_outputs(learn, items, bs=config.bs, progress=progress):
+        if engine == "onnx":
+            outlined = _exported_outlines(exported, good, config.bs, progress)
+        else:
+            items = pd.DataFrame({"image": [str(f) for f in good]})
+            outlined = ((i, lambda given, output=output, i=i: outline(output, _cached_xray(str(good[i])), loaded.decision,
+                                                                     given))
+                        for i, output, _ in iter_outputs(learn, items, bs=config.bs, progress=progress))
+        for i, make in outlined:
             f = good[i]
             given = _given_lung(Path(lung_masks) / f.name, _cached_xray(str(f)).shape, fail) if lung_masks else None
-            result = outline(output, _cached_xray(str(f)), loaded.decision, given)
+            result = make(given)
             stem = _unique_stem(f, taken)
             Image.fromarray(result.mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}.png")
             if result.predicted_lung is not None:
@@ -217,11 +225,25 @@ def outline(output, gray: np.ndarray, decision, given_lung: np.ndarray | None = 
     prob = image_probability(output)
     predicted = predicted_lung(output, gray.shape)
     predicted = predicted[0].cpu().numpy() if predicted is not None else None
+    return _outline(gray, mask, float(prob[0]) if prob is not None else float("nan"), decided, predicted, given_lung)
+
+
+def _outline(gray: np.ndarray, mask: np.ndarray, p: float, decided: str, predicted: np.ndarray | None,
+             given_lung: np.ndarray | None) -> Outline:
+    "The `Outline` of a decided X-ray: severity in the given lungs, else the model's own."
     lung, source = (given_lung, "given") if given_lung is not None else (predicted, "predicted" if predicted is not None else "")
     pct = infection_pct(mask, lung) if lung is not None else float("nan")
-    p = float(prob[0]) if prob is not None else float("nan")
     return Outline(gray, mask, p, decided, lung, source, predicted, pct, overlay(gray, mask, lung=lung),
                    caption(decided, p, pct))
+
+
+def _exported_outlines(model, files: list[Path], bs: int, progress):
+    "(index, make `Outline` from a given lung mask or None) per X-ray, through an export (`portable.ExportedModel`), batched."
+    starts = range(0, len(files), bs)
+    for start in (progress(starts, len(starts)) if progress is not None else starts):
+        grays = [_cached_xray(str(f)) for f in files[start:start + bs]]
+        for k, (gray, r) in enumerate(zip(grays, model(grays))):
+            yield start + k, (lambda given, gray=gray, r=r: _outline(gray, r["mask"], r["p_covid"], r["decision"], r["lung"], given))
 
 
 def _given_lung(path: Path, shape: tuple[int, int], fail) -> np.ndarray | None:
