@@ -49,3 +49,36 @@ def test_arch_names():
         check_arch("vgg16")
     with pytest.raises(CovfastError, match="unknown timm model"):
         check_arch("timm/not_a_model")
+
+
+def test_a_new_architecture_is_one_registry_entry(monkeypatch, synth_root):
+    "An arch added to `archs.ARCHS` alone is known by name, listed in --help, takes the spec, and trains."
+    from typer.testing import CliRunner
+
+    from covfast import archs
+    from covfast.cli import app
+    from covfast.learner import learner_for_spec
+
+    class Tiny(torch.nn.Module):  # an encoder-free model with the image head's output, built by its entry alone
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.Linear(3, 1)
+
+        def forward(self, x):
+            from covfast.outputs import model_output
+            return model_output(infection=self.conv(x), covid=self.fc(x.mean((2, 3)))[:, 0])
+
+    entry = archs.Arch("tiny", "a one-layer test model", build=lambda spec, img_size, pretrained: Tiny())
+    monkeypatch.setitem(archs.ARCHS, "tiny", entry)
+    assert check_arch("TINY") == "tiny"
+    assert "tiny: a one-layer test model" in archs.arch_help()
+    with pytest.raises(CovfastError, match="takes its widths from its encoder"):
+        RunSpec("tiny", features=(4, 8))
+    spec = RunSpec("tiny", data_root=str(synth_root), img_size=32, bs=4, lung_weight=0, precision="fp32")
+    learn, status = learner_for_spec(spec, device="cpu")
+    assert isinstance(learn.model, Tiny) and not status.used and "no pretrained weights" in status.reason
+    before = learn.model.conv.weight.detach().clone()
+    learn.fit(1, 1e-2)
+    assert not torch.equal(before, learn.model.conv.weight)
+    # the training CLI refuses a typo without it, and takes it by name
+    assert "unknown architecture" in CliRunner().invoke(app, ["train", "nosuch"]).stderr
