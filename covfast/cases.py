@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data import read_mask, read_xray
-from .decision import learner_decision, predicted_lung
+from .decision import learner_decision, predict_one
 from .inference import iter_outputs
 
 __all__ = ["infer_cases", "report_case", "top_losses", "report_picks", "compare_picks"]
@@ -26,12 +26,10 @@ def infer_cases(learn, rows: pd.DataFrame) -> list[dict]:
         gray = read_xray(row.image)
         beside = lambda folder: Path(row.image).parent.parent / folder / Path(row.image).name  # noqa: E731
         truth, lung = beside("infection masks"), beside("lung masks")
-        lungs = predicted_lung(output, gray.shape)
-        pred, verdict = decision.decide(output, gray.shape)
+        said = predict_one(output, decision, gray.shape)
         entry = {"row": row, "gray": gray, "truth": read_mask(truth).astype(bool) if truth.is_file() else None,
                  "truth_lung": read_mask(lung).astype(bool) if lung.is_file() else None,
-                 "pred": pred, "outcome": verdict,
-                 "lung": lungs[0].cpu().numpy() if lungs is not None else None}
+                 "pred": said.mask, "outcome": said.verdict, "lung": said.lung}
         if output.has("attention"):
             entry["attention"] = output.attention[0, 0].cpu().numpy()
         out.append(entry)

@@ -34,7 +34,7 @@ from .portable import EMPTY, FLAGGED, OUTCOMES, OUTLINED
 from .runs import read_json
 
 __all__ = ["CALIBRATION_FILE", "OUTLINED", "FLAGGED", "EMPTY", "OUTCOMES", "outcome", "predicted_infection", "predicted_lung", "image_probability", "evidence_scores", "Decision",
-           "learner_decision"]
+           "Prediction", "predict_one", "learner_decision"]
 
 # written by `covfast calibrate`, read by `Decision.load`
 CALIBRATION_FILE = "calibration.json"
@@ -191,6 +191,25 @@ class Decision:
         "What evaluation results depend on (recorded in summary.json)."
         return {"threshold": self.threshold, "gate_topk": self.gate_topk, "gate_margin": self.gate_margin,
                 "inside_lungs": self.inside_lungs}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What covfast says of one X-ray, at the X-ray's own size: made once, by `predict_one`, and read by predict (its
+    files and the page), evaluate (per_image.csv) and the report's cases. `portable.decide` is its NumPy twin."""
+    mask: np.ndarray  # the infection, (H, W) bool, after the decision
+    lung: np.ndarray | None  # the model's own lungs, (H, W) bool; None for a model without the lung output
+    p_covid: float  # the image head's probability; NaN for a model without the head
+    verdict: str  # one of OUTCOMES
+
+
+def predict_one(out: ModelOutput, decision: Decision, shape: tuple[int, int]) -> Prediction:
+    "The `Prediction` of one X-ray of `shape` (h, w) from the model's outputs for it (a batch of 1) and the run's decision."
+    mask, verdict = decision.decide(out, shape)  # the mask and the verdict of one image-level decision
+    lung = predicted_lung(out, shape)
+    prob = image_probability(out)
+    return Prediction(mask, lung[0].cpu().numpy() if lung is not None else None,
+                      float(prob[0]) if prob is not None else float("nan"), verdict)
 
 
 def learner_decision(learn) -> Decision:

@@ -14,7 +14,7 @@ from . import __version__
 from .config import CLASSES, Config
 from .data import read_mask
 from .dataset import canonical_root, check_tree, scan_tree
-from .decision import EMPTY, FLAGGED, OUTCOMES, OUTLINED, Decision, image_probability, learner_decision, predicted_lung
+from .decision import EMPTY, FLAGGED, OUTCOMES, OUTLINED, Decision, learner_decision, predict_one
 from .errors import CovfastError, format_problems
 from .inference import Run, iter_outputs, load_run
 from .metrics import (band_agreement, bootstrap_auc, bootstrap_ci, confusion_counts, dice_from_counts, infected,
@@ -66,18 +66,17 @@ def score_items(learn, items: pd.DataFrame, bs: int | None = None, progress=None
         item = items.iloc[i]
         truth = read_mask(item.infection_mask).astype(bool)
         lung = read_mask(item.lung_mask).astype(bool)
-        pred, verdict = decision.decide(out, truth.shape)
-        prob = image_probability(out)
+        said = predict_one(out, decision, truth.shape)
+        pred = said.mask
         tp, fp, fn = confusion_counts(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])[0].tolist()
         row = {"file": item["name"], "class": item.label, "dice": float(dice_from_counts(tp, fp, fn)),
                "iou": float(iou_from_counts(tp, fp, fn)), "tp": tp, "fp": fp, "fn": fn,
-               "pred_empty": tp + fp == 0, "outcome": verdict, "p_covid": float(prob[0]) if prob is not None else nan,
+               "pred_empty": tp + fp == 0, "outcome": said.verdict, "p_covid": said.p_covid,
                # severity: the truth's, and the prediction's measured with the true lungs
                "true_pct_lung": infection_pct(truth, lung), "pred_pct_lung": infection_pct(pred, lung),
                "lung_dice": nan, "lung_iou": nan, "pred_pct_pred_lung": nan}
-        lungs = predicted_lung(out, truth.shape)
+        lungs = said.lung
         if lungs is not None:  # the model's own lungs: their Dice, and the prediction's severity measured with them
-            lungs = lungs[0].cpu().numpy()
             ltp, lfp, lfn = confusion_counts(torch.from_numpy(lungs)[None], torch.from_numpy(lung)[None])[0].tolist()
             row.update(lung_dice=float(dice_from_counts(ltp, lfp, lfn)), lung_iou=float(iou_from_counts(ltp, lfp, lfn)),
                        pred_pct_pred_lung=infection_pct(pred, lungs))

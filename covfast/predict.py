@@ -13,7 +13,7 @@ from PIL import Image
 from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
-from .decision import EMPTY, FLAGGED, OUTLINED, image_probability, predicted_lung
+from .decision import EMPTY, FLAGGED, OUTLINED, predict_one
 from .dataset import SUBDIRS
 from .dicom import DICOM_SUFFIXES
 from .figures import captioned, overlay
@@ -221,11 +221,8 @@ class Outline:
 
 def outline(output, gray: np.ndarray, decision, given_lung: np.ndarray | None = None) -> Outline:
     "One X-ray's `Outline` from the model's outputs for it (a batch of 1, `inference.iter_outputs`) and the run's decision."
-    mask, decided = decision.decide(output, gray.shape)  # the mask and the verdict of one image-level decision
-    prob = image_probability(output)
-    predicted = predicted_lung(output, gray.shape)
-    predicted = predicted[0].cpu().numpy() if predicted is not None else None
-    return _outline(gray, mask, float(prob[0]) if prob is not None else float("nan"), decided, predicted, given_lung)
+    said = predict_one(output, decision, gray.shape)
+    return _outline(gray, said.mask, said.p_covid, said.verdict, said.lung, given_lung)
 
 
 def _outline(gray: np.ndarray, mask: np.ndarray, p: float, decided: str, predicted: np.ndarray | None,
