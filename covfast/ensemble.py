@@ -26,7 +26,7 @@ from torch import nn
 from .archs import ENSEMBLE
 from .dataset import canonical_root
 from .errors import CovfastError
-from .outputs import ModelOutput, as_output, model_output
+from .outputs import ModelOutput, activate, model_output
 from .runs import (load_model_weights, load_weights, new_run_dir, read_run, resolve_run, sha256, versions,
                    write_json)
 from .spec import RunSpec
@@ -43,12 +43,6 @@ class Member:
     dir: Path
     spec: RunSpec
     sha256: str
-
-
-def probabilities(out: ModelOutput) -> dict[str, torch.Tensor]:
-    "A model's outputs as fp32 probabilities: softmax over each segmentation's channels, the sigmoid of the image logit."
-    return {n: torch.sigmoid(t.float()) if n == "covid" else F.softmax(t.float(), dim=1)
-            for n, t in as_output(out).asdict().items() if n != "attention"}
 
 
 def as_logits(probs: dict[str, torch.Tensor]) -> ModelOutput:
@@ -73,7 +67,7 @@ class EnsembleModel(nn.Module):
             # a member smaller than the grid sees the X-ray at its own size (antialiased, as PIL resizes)
             xm = x if grid == (size, size) else F.interpolate(x, size=(size, size), mode="bilinear",
                                                                 align_corners=False, antialias=True)
-            probs = probabilities(member(xm))
+            probs = activate(member(xm), self.outputs)
             for name in self.outputs:
                 p = probs[name]
                 if p.ndim == 4 and tuple(p.shape[-2:]) != grid:

@@ -29,7 +29,7 @@ from .config import Config
 from .dataset import SPLITS, scan_tree
 from .errors import CovfastError
 from .inference import Run, _batch_pixels, _input_size, load_run, uncalibrated_note, validation_batch
-from .outputs import ModelOutput, model_output
+from .outputs import OUTPUTS, ModelOutput, model_output
 from .archs import ENSEMBLE
 from .ensemble import weights_digest
 from .runs import read_run_config, run_subdir, sha256, write_json
@@ -147,12 +147,7 @@ def export(
                                 f"subtract mean and divide by std per channel. onnx_predict.py beside this file does all of "
                                 f"it, with NumPy and Pillow"),
                   "mean": list(mean), "std": list(std)},
-        "outputs": {
-            "infection": "logits (batch, 2, H, W): channel 1 infection, channel 0 background; infection where 1 > 0",
-            **({"covid": "logit (batch,): this X-ray has COVID-19 infection; sigmoid gives the probability"}
-               if "covid" in names else {}),
-            **({"lung": "logits (batch, 2, H, W): channel 1 lung, channel 0 background"} if "lung" in names else {}),
-        },
+        "outputs": {o.name: o.sidecar for o in OUTPUTS if o.name in names and o.sidecar},
         "to_xray": ("resize the logits to the X-ray's size (bilinear, half-pixel centres: PyTorch's align_corners=False) "
                     "before taking the masks"),
         "standalone": ("python onnx_predict.py EXPORT_DIR XRAY... --out DIR: <stem>.png infection masks (0/255) and the "

@@ -10,7 +10,7 @@ from fastai.torch_core import TensorBase
 
 from .decision import Decision
 from .metrics import has_infection
-from .outputs import ModelOutput, as_output, model_output
+from .outputs import ModelOutput, activate, as_output, model_output
 from .spec import RunSpec
 
 __all__ = ["SegLoss"]
@@ -52,8 +52,7 @@ class SegLoss:
 
     def activation(self, out: ModelOutput | torch.Tensor) -> ModelOutput:
         "Softmax over each segmentation's channels, the sigmoid of the image logit: the outputs as probabilities."
-        return model_output(**{name: torch.sigmoid(t) if name == "covid" else F.softmax(t, dim=1)
-                               for name, t in as_output(out).asdict().items()})
+        return model_output(**activate(out))
 
     def decodes(self, probs: ModelOutput) -> torch.Tensor:
         "The infection masks of the run's decision, from `activation`'s output."

@@ -9,18 +9,35 @@ gathering) rebuilds it as `type(out)(items)`, which keeps the names.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["OUTPUT_NAMES", "ModelOutput", "model_output", "as_output"]
+__all__ = ["OutputKind", "OUTPUTS", "OUTPUT_NAMES", "ModelOutput", "model_output", "as_output", "activate"]
 
-# Every output a covfast model may return, in the order it returns them:
-# infection: (B, 2, H, W) logits, background and infection; covid: (B,) the image-level logit, "this X-ray
-# has COVID-19 infection"; lung: (B, 2, H, W) logits, background and lung; attention: (B, 1, h, w) the
-# Attention U-Net's finest gate (inference only, when asked for).
-OUTPUT_NAMES: tuple[str, ...] = ("infection", "covid", "lung", "attention")
+
+@dataclass(frozen=True)
+class OutputKind:
+    "What one model output is, declared once: how it becomes a probability and what an export's sidecar says of it."
+    name: str
+    activation: str  # "softmax" over its channels (a segmentation), "sigmoid" (an image logit), or "" (none)
+    sidecar: str  # what model.json says of it ("" for an output an export does not carry)
+
+
+# Every output a covfast model may return, in the order it returns them. A new output is one entry here, the
+# model head that fills it, and its loss term.
+OUTPUTS: tuple[OutputKind, ...] = (
+    OutputKind("infection", "softmax", "logits (batch, 2, H, W): channel 1 infection, channel 0 background; infection "
+                                       "where 1 > 0"),
+    OutputKind("covid", "sigmoid", "logit (batch,): this X-ray has COVID-19 infection; sigmoid gives the probability"),
+    OutputKind("lung", "softmax", "logits (batch, 2, H, W): channel 1 lung, channel 0 background"),
+    OutputKind("attention", "", ""),  # (B, 1, h, w) the Attention U-Net's finest gate: inference only, when asked for
+)
+OUTPUT_NAMES: tuple[str, ...] = tuple(o.name for o in OUTPUTS)
+_KINDS = {o.name: o for o in OUTPUTS}
 
 
 class ModelOutput(tuple):
@@ -91,3 +108,16 @@ def model_output(**outputs: torch.Tensor | None) -> ModelOutput:
 def as_output(x: torch.Tensor | ModelOutput) -> ModelOutput:
     "A model output as a `ModelOutput`; a bare tensor is the infection logits (a plain segmentation model)."
     return x if isinstance(x, ModelOutput) else model_output(infection=x)
+
+
+def activate(out: torch.Tensor | ModelOutput, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """The outputs as probabilities (fp32), by name, each by its declared activation (`OUTPUTS`); outputs without
+    one are left out. `names`: only these."""
+    out = as_output(out)
+    keep = set(out.names if names is None else names)
+    done = {}
+    for name, t in out.asdict().items():
+        kind = _KINDS[name].activation
+        if name in keep and kind:
+            done[name] = torch.sigmoid(t.float()) if kind == "sigmoid" else F.softmax(t.float(), dim=1)
+    return done
