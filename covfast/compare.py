@@ -62,8 +62,9 @@ def compare(
         said = "; ".join(f"{n}: {', '.join(c)}" for n, c in zip(names, classes))
         raise CovfastError(f"the runs were trained on different classes ({said}): their figures do not compare; "
                            f"compare runs of the same classes")
+    learners = [load_run(d, config.runs_dir, device, precision=config.precision) for d in dirs]  # each run once
     results = [evaluated(d, split, config=config, device=device, progress=progress,
-                         allow_calibration_split=allow_calibration_split)[:2] for d in dirs]
+                         allow_calibration_split=allow_calibration_split, learner=lr)[:2] for d, lr in zip(dirs, learners)]
     out = Path(out) if out else Path(config.runs_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     if (out / "index.html").exists():
         raise CovfastError(f"{out} already holds a comparison; choose another --out")
@@ -88,7 +89,7 @@ def compare(
     for n, (per, _) in zip(names, results):
         dice[n] = dice.set_index(["class", "file"]).index.map(per.set_index(["class", "file"]).dice)
     rows = compare_picks(dice, names)
-    through = [infer_cases(load_run(d, config.runs_dir, device, precision=config.precision)[0], rows) for d in dirs]
+    through = [infer_cases(learn, rows) for learn, _ in learners]
     cases = [{"title": f"{first['row']['file']}\n{first['row']['label']}", "gray": first["gray"], "truth": first["truth"],
               "truth_lung": first["truth_lung"],
               "preds": [(f"{n}\nDice {rows.iloc[r][n]:.3f}", entries[r]["pred"], entries[r]["lung"])

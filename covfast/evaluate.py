@@ -230,12 +230,13 @@ def evaluated(
     device: str | None = None,
     progress=None,
     allow_calibration_split: bool = False,
+    learner: tuple | None = None,  # (learner, Run) of `load_run`, when the caller has loaded the run already
 ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """`evaluate`'s results, read back from eval/<split>/ when they came from the same weights, decision, data
     root, image size, precision and covfast version as now; scored afresh otherwise (after `covfast
     calibrate`, say). The calibration split is refused as `evaluate` refuses it."""
     config = config or Config()
-    learn, loaded = load_run(run, config.runs_dir, device, precision=config.precision)
+    learn, loaded = learner or load_run(run, config.runs_dir, device, precision=config.precision)
     root = data or loaded.spec.data_root
     check_calibration_split(loaded, split, root, allow_calibration_split)
     folder = loaded.dir / "eval" / split.capitalize()

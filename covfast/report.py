@@ -25,10 +25,10 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
            progress=None, data: str | Path | None = None, allow_calibration_split: bool = False) -> Path:
     "Write <run>/report/index.html with its PNGs; evaluates the split (of `data`, default the run's own) first unless its results are current."
     config = config or Config()
-    learn, loaded = load_run(run, config.runs_dir, device, precision=config.precision)
+    learn, loaded = load_run(run, config.runs_dir, device, precision=config.precision)  # once: scoring and cases share it
     run_dir, cfg = loaded.dir, loaded.record
     per_image, summary, folder = evaluated(run_dir, split, data, config=config, device=device, progress=progress,
-                                           allow_calibration_split=allow_calibration_split)
+                                           allow_calibration_split=allow_calibration_split, learner=(learn, loaded))
     split = folder.name
     out = run_subdir(run_dir, "report")
     sections = []
