@@ -92,31 +92,38 @@ def test_a_port_in_use_is_one_line_naming_it(synth_root, tmp_path, monkeypatch, 
         assert set(Path(tempfile.gettempdir()).glob("covfast-serve-*")) == before  # nothing left behind
 
 
-@pytest.mark.slow
-def test_an_ensemble_is_served_with_the_mean_of_its_members(synth_root, tmp_path, monkeypatch, fake_run):
-    from covfast.ensemble import make_ensemble
+def page_says(run: str, xray: Path) -> tuple[str, str]:
+    "Serve `run`, drop `xray` on its page in headless Chromium; the page's text before, and what it says of the X-ray."
     from covfast.serve import serve
 
-    monkeypatch.chdir(tmp_path)
-    for name, logit in (("a", 2.0), ("b", -1.0)):
-        fake_run(tmp_path, synth_root, name, infection=True, image_logit=logit, lungs="everywhere")
-    make_ensemble(["a", "b"], "ab", say=lambda _: None)
     port = free_port()
-    page = serve("ab", port=port, block=False, say=lambda _: None)
+    page = serve(run, port=port, block=False, say=lambda _: None)
     try:
-        xray = sorted((synth_root / DATASET_DIR / "Test" / "COVID-19" / "images").iterdir())[0]
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             tab = browser.new_page()
             tab.goto(f"http://127.0.0.1:{port}")
             tab.wait_for_selector("#xray input[type=file]", state="attached", timeout=60000)
-            assert "Not calibrated" in tab.inner_text("body")  # a new ensemble's threshold is 0.5 until calibrate
+            body = tab.inner_text("body")
             tab.set_input_files("#xray input[type=file]", str(xray))
             tab.wait_for_function("document.querySelector('#said').innerText.includes('Infected pixels')", timeout=60000)
-            text = tab.inner_text("#said")
+            said = tab.inner_text("#said")
             browser.close()
     finally:
         page.close()
+    return body, said
+
+
+@pytest.mark.slow
+def test_an_ensemble_is_served_with_the_mean_of_its_members(synth_root, tmp_path, monkeypatch, fake_run):
+    from covfast.ensemble import make_ensemble
+
+    monkeypatch.chdir(tmp_path)
+    for name, logit in (("a", 2.0), ("b", -1.0)):
+        fake_run(tmp_path, synth_root, name, infection=True, image_logit=logit, lungs="everywhere")
+    make_ensemble(["a", "b"], "ab", say=lambda _: None)
+    body, text = page_says("ab", sorted((synth_root / DATASET_DIR / "Test" / "COVID-19" / "images").iterdir())[0])
+    assert "Not calibrated" in body  # a new ensemble's threshold is 0.5 until calibrate
     # (sigmoid(2) + sigmoid(-1)) / 2 = 0.5749: the mean of the members' probabilities, above 0.5
     assert "COVID-19 infection: the image head's probability 0.575, above the run's threshold 0.5" in text
     assert "Infected pixels: 4096 of 4096" in text

@@ -88,26 +88,11 @@ def test_the_roc_dots_mark_the_share_the_head_kept(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_page_says_the_same_outcome(synth_root, tmp_path, flagged_run):
-    from tests.test_serve import CHROMIUM, free_port, sync_api
-    from covfast.serve import serve
+    from tests.test_serve import page_says
 
-    port = free_port()
-    page = serve("flag", port=port, block=False, say=lambda line: None)
-    try:
-        xray = sorted((synth_root / DATASET_DIR / "Test" / "Normal" / "images").iterdir())[0]
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            tab = browser.new_page()
-            tab.goto(f"http://127.0.0.1:{port}")
-            tab.wait_for_selector("#xray input[type=file]", state="attached", timeout=60000)
-            tab.set_input_files("#xray input[type=file]", str(xray))
-            tab.wait_for_function("document.querySelector('#said').innerText.includes('Infected pixels')", timeout=60000)
-            text = tab.inner_text("#said")
-            assert f"{FLAGGED}: the image head's probability 0.881 is above the run's threshold 0.5" in text
-            assert "COVID-19 infection:" not in text and "Infected pixels: 0 of 4096" in text
-            browser.close()
-    finally:
-        page.close()
+    _, text = page_says("flag", sorted((synth_root / DATASET_DIR / "Test" / "Normal" / "images").iterdir())[0])
+    assert f"{FLAGGED}: the image head's probability 0.881 is above the run's threshold 0.5" in text
+    assert "COVID-19 infection:" not in text and "Infected pixels: 0 of 4096" in text
 
 
 def test_compare_counts_the_flagged_share_per_run(synth_root, tmp_path, flagged_run, fake_run):
