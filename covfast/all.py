@@ -24,6 +24,8 @@ from .figures import *  # noqa: F401,F403
 from .pages import *  # noqa: F401,F403
 from .report import *  # noqa: F401,F403
 from .compare import *  # noqa: F401,F403
+from .ensemble import *  # noqa: F401,F403
+from .archs import *  # noqa: F401,F403
 from .dicom import *  # noqa: F401,F403
 from .export import *  # noqa: F401,F403
 from .serve import *  # noqa: F401,F403
