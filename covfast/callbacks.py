@@ -69,6 +69,20 @@ class QuietConsoleBars(Callback):
     reader never sees. The epoch table still prints, one line an epoch. A terminal and a notebook keep their bars."""
     order = 61  # after fastai's ProgressCallback (60) has made the epoch's bar
 
+    def before_fit(self):
+        # fastprogress's printing() tests `sys.stdout.isatty` without calling it, so its console bars print their
+        # frames (and clear them with a line of spaces) into any log; NO_BAR stops that, the table still prints
+        import fastprogress.fastprogress as fp
+
+        self._no_bar = fp.NO_BAR
+        if fp.progress_bar is fp.ConsoleProgressBar and not sys.stdout.isatty():
+            fp.NO_BAR = True
+
+    def after_fit(self):
+        import fastprogress.fastprogress as fp
+
+        fp.NO_BAR = getattr(self, "_no_bar", fp.NO_BAR)
+
     def _quiet(self):
         from fastprogress.fastprogress import ConsoleProgressBar
 
