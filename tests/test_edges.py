@@ -181,7 +181,7 @@ def test_a_log_file_gets_the_epoch_table_not_the_progress_bar_redraws(synth_root
     text = log.read_text()
     assert "%" not in text and "Epoch 1/2" not in text, text  # no bar frame at all, nor the lines that cleared them
     assert "Done: runs/logged" in text and len(text) < 1500
-    table = text.replace("█\r", "").splitlines()  # fastprogress tries its fill character once a bar, unconditionally
+    table = [line for line in text.splitlines() if line.strip("█")]  # fastprogress tries its fill character once a bar
     assert table[0].split()[:2] == ["epoch", "train_loss"] and [line.split()[0] for line in table[1:3]] == ["1", "2"]
 
 
