@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,20 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # CI installs Debian's chromium and sets this: there the test must run, not skip
 if not CHROMIUM and os.environ.get("COVFAST_REQUIRE_BROWSER") != "1":
     pytest.skip("no chromium on this machine (apt install chromium)", allow_module_level=True)
+
+
+@contextmanager
+def browser_tab(port: int):
+    "Headless Chromium on the page served at `port`, once its upload box is there; closed after."
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            tab = browser.new_page()
+            tab.goto(f"http://127.0.0.1:{port}")
+            tab.wait_for_selector("#xray input[type=file]", state="attached", timeout=60000)
+            yield tab
+        finally:
+            browser.close()
 
 
 def free_port() -> int:
@@ -42,11 +57,7 @@ def test_a_browser_drops_an_xray_and_a_text_file_on_the_page(synth_root, tmp_pat
         xray = sorted((synth_root / DATASET_DIR / "Test" / "COVID-19" / "images").iterdir())[0]
         notes = tmp_path / "notes.txt"
         notes.write_text("not an X-ray")
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            tab = browser.new_page()
-            tab.goto(f"http://127.0.0.1:{port}")
-            tab.wait_for_selector("#xray input[type=file]", state="attached", timeout=60000)
+        with browser_tab(port) as tab:
             body = tab.inner_text("body")
             assert "not a medical device" in body and "Synthetic data" in body
             assert "Not calibrated" not in body  # its calibration.json holds 0.5
@@ -71,7 +82,6 @@ def test_a_browser_drops_an_xray_and_a_text_file_on_the_page(synth_root, tmp_pat
             tab.wait_for_function("document.querySelector('#said').innerText.includes('Could not read')", timeout=60000)
             text = tab.inner_text("#said")
             assert "Could not read notes.txt" in text and "Traceback" not in tab.inner_text("body")
-            browser.close()
     finally:
         page.close()
     # the uploads, the pictures sent and the masks offered are gone with the page; nothing new under /tmp/gradio
@@ -99,16 +109,11 @@ def page_says(run: str, xray: Path) -> tuple[str, str]:
     port = free_port()
     page = serve(run, port=port, block=False, say=lambda _: None)
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            tab = browser.new_page()
-            tab.goto(f"http://127.0.0.1:{port}")
-            tab.wait_for_selector("#xray input[type=file]", state="attached", timeout=60000)
+        with browser_tab(port) as tab:
             body = tab.inner_text("body")
             tab.set_input_files("#xray input[type=file]", str(xray))
             tab.wait_for_function("document.querySelector('#said').innerText.includes('Infected pixels')", timeout=60000)
             said = tab.inner_text("#said")
-            browser.close()
     finally:
         page.close()
     return body, said
