@@ -64,10 +64,9 @@ def restore_random_states(learn: Learner, states: dict[str, Any]) -> None:
 
 
 class QuietConsoleBars(Callback):
-    """Where standard output is not a terminal (a log file, a pipe, CI), the batch progress bar is not redrawn: its
+    """Where standard output is not a terminal (a log file, a pipe, CI), the batch progress bars print nothing: their
     hundreds of carriage-return updates per epoch filled a redirected log (107 KB for `covfast demo`) with what a
     reader never sees. The epoch table still prints, one line an epoch. A terminal and a notebook keep their bars."""
-    order = 61  # after fastai's ProgressCallback (60) has made the epoch's bar
 
     def before_fit(self):
         # fastprogress's printing() tests `sys.stdout.isatty` without calling it, so its console bars print their
@@ -82,19 +81,6 @@ class QuietConsoleBars(Callback):
         import fastprogress.fastprogress as fp
 
         fp.NO_BAR = getattr(self, "_no_bar", fp.NO_BAR)
-
-    def _quiet(self):
-        from fastprogress.fastprogress import ConsoleProgressBar
-
-        bar = getattr(getattr(self.learn, "progress", None), "pbar", None)
-        if isinstance(bar, ConsoleProgressBar) and not sys.stdout.isatty():
-            bar.display = False
-
-    def before_train(self):
-        self._quiet()
-
-    def before_validate(self):
-        self._quiet()
 
 
 class RunDirCallback(TrackerCallback):

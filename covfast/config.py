@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import CovfastError
+# the largest X-ray covfast reads (PNG, JPEG or DICOM), defined where the X-ray readers live
+from .portable import MAX_PIXELS
 
 __all__ = ["CLASSES", "DEFAULT_CLS_WEIGHT", "DEFAULT_LUNG_WEIGHT", "MINIMUMS", "MAXIMUMS", "MAX_PIXELS", "Config", "load_config", "parse_classes", "parse_lr", "SETTINGS_SECTION"]
 
@@ -89,8 +91,6 @@ MINIMUMS: dict[str, int] = {"img_size": 16, "bs": 1, "epochs": 1, "num_workers":
 # The largest, where one is needed: 4096 px is 16 times COVID-QU-Ex's 256 (one such batch of 8 is 1.6 GB of
 # input alone); a larger side fails deep inside torch (OverflowError, "array is too big")
 MAXIMUMS: dict[str, int] = {"img_size": 4096, "seed": 2**32 - 1}  # seed: the largest NumPy and torch both accept
-# the largest X-ray covfast reads (PNG, JPEG or DICOM); a chest film scanned at 300 dpi is about 4300x5200 pixels
-from .portable import MAX_PIXELS  # noqa: E402  (one number, where the X-ray readers live)
 
 
 def _convert(name: str, raw: str, source: str) -> Any:

@@ -14,6 +14,7 @@ probabilities back and the run's decision reads them like any model's.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -104,28 +105,24 @@ def ensemble_members(run_dir: str | Path, record: dict) -> list[Member]:
     return members
 
 
-def ensemble_model(run_dir: str | Path, record: dict, build: Callable[[RunSpec], nn.Module], device=None) -> EnsembleModel:
-    """The `EnsembleModel` of an ensemble run: each member's model (`build(spec)`) with its own model.pth
-    (weights_only, checked against the SHA-256 recorded), averaging the outputs they all have."""
+def ensemble_model(run_dir: str | Path, spec: RunSpec, record: dict, build: Callable[[RunSpec], nn.Module]) -> EnsembleModel:
+    """The `EnsembleModel` of an ensemble run (its spec and config.json record): each member's model (`build(spec)`)
+    with its own model.pth (weights_only, checked against the SHA-256 recorded), averaging the outputs they all have."""
     members = ensemble_members(run_dir, record)
     models = []
     for m in members:
         model = build(m.spec)
-        load_model_weights(model, load_weights(m.dir / "model.pth", map_location=device or "cpu"), m.dir / "model.pth")
+        load_model_weights(model, load_weights(m.dir / "model.pth"), m.dir / "model.pth")
         models.append(model.eval())
-    spec = RunSpec.from_json(record, Path(run_dir) / "config.json")
     outputs = ("infection",) + (("covid",) if spec.image_head else ()) + (("lung",) if spec.lungs else ())
     return EnsembleModel(models, [m.spec.img_size for m in members], outputs)
 
 
-def weights_digest(run_dir: str | Path) -> str:
-    """What a run's predictions depend on, as one SHA-256: its model.pth's, or for an ensemble, of its members'
-    (as config.json records them, in order)."""
-    run_dir = Path(run_dir)
-    spec, record = read_run(run_dir)
-    if spec.arch != ENSEMBLE:
-        return sha256(run_dir / "model.pth")
-    import hashlib
+def weights_digest(run_dir: str | Path, record: dict) -> str:
+    """What a run's predictions depend on, as one SHA-256: its model.pth's, or for an ensemble (its config.json
+    `record` says so), of its members' as the record lists them, in order."""
+    if record.get("arch") != ENSEMBLE:
+        return sha256(Path(run_dir) / "model.pth")
     return hashlib.sha256(",".join(e["model_sha256"] for e in record.get("members", [])).encode()).hexdigest()
 
 

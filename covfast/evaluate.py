@@ -171,7 +171,7 @@ def provenance(learn, run: Run, data_root: str | Path) -> dict:
     """What an evaluation's numbers depend on: the weights (model.pth's SHA-256; an ensemble's members'), the decision, the data root, the
     image size, the precision the model ran in and covfast's version. `evaluated` reuses stored results only
     when all of them still match."""
-    return {"weights_sha256": weights_digest(run.dir), **learner_decision(learn).describe(),
+    return {"weights_sha256": weights_digest(run.dir, run.record), **learner_decision(learn).describe(),
             "data_root": canonical_root(data_root), "img_size": run.spec.img_size,
             "precision": learner_precision(learn).mode, "covfast_version": __version__}
 

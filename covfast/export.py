@@ -28,11 +28,11 @@ from . import __version__, portable
 from .config import Config
 from .dataset import SPLITS, scan_tree
 from .errors import CovfastError
-from .inference import Run, _batch_pixels, _input_size, load_run, uncalibrated_note, validation_batch
+from .inference import Run, _batch_pixels, _input_size, load_run, run_record, uncalibrated_note, validation_batch
 from .outputs import OUTPUTS, ModelOutput, model_output
 from .archs import ENSEMBLE
 from .ensemble import weights_digest
-from .runs import read_run_config, run_subdir, sha256, write_json
+from .runs import run_subdir, sha256, write_json
 
 __all__ = ["EXPORTER", "OPSET", "TOLERANCE", "to_onnx", "export", "OnnxModel", "load_onnx", "check_export", "stale_export_note"]
 
@@ -88,20 +88,18 @@ def _check_images(learn, run: Run, n: int = 4) -> torch.Tensor:
     return torch.randn(n, 3, size[1], size[0], generator=torch.Generator().manual_seed(0))
 
 
-def _check_exportable(run: str | Path, runs_dir: str | Path) -> None:
+def _check_exportable(run: Run) -> None:
     "One line when the run cannot be one ONNX graph: an ensemble whose members take different input sizes."
-    from .runs import resolve_run
-    record = read_run_config(resolve_run(run, runs_dir))
-    sizes = sorted({m.get("img_size") for m in record.get("members", [])} - {None})
-    if record.get("arch") == ENSEMBLE and len(sizes) > 1:
-        raise CovfastError(f"ensemble {Path(str(run)).name}'s members take different input sizes "
+    sizes = sorted({m.get("img_size") for m in run.record.get("members", [])} - {None})
+    if run.spec.arch == ENSEMBLE and len(sizes) > 1:
+        raise CovfastError(f"ensemble {run.name}'s members take different input sizes "
                            f"({', '.join(f'{s} px' for s in sizes)}) and one ONNX graph takes one: export each member "
                            f"(covfast export MEMBER), or make the ensemble of members of one size")
 
 
 def _ensemble_note(run: Run) -> dict[str, Any]:
     "What the sidecar of an ensemble's graph says of its members and how the graph combines them."
-    members = read_run_config(run.dir)["members"]
+    members = run.record["members"]
     return {"members": [{"name": m["name"], "arch": m["arch"], "model_sha256": m["model_sha256"]} for m in members],
             "combined": (f"inside the graph: the mean of the {len(members)} members' probabilities (softmax of each "
                          f"segmentation's logits, sigmoid of the image logit), returned as log-probabilities and the "
@@ -116,7 +114,7 @@ def export(
     "Write the run's model.pth as model.onnx with its sidecar model.json; returns the ONNX path, the sidecar and the check's max |logit difference|."
     ort = _onnx()
     config = config or Config()
-    _check_exportable(run, config.runs_dir)
+    _check_exportable(run_record(run, config.runs_dir))  # before the members' weights are loaded
     learn, loaded = load_run(run, config.runs_dir, device="cpu", precision="fp32")
     model = learn.model.eval().to(memory_format=torch.contiguous_format)
     out = Path(out) if out else run_subdir(loaded.dir, "export")
@@ -137,7 +135,7 @@ def export(
     decision, uncalibrated = loaded.decision, uncalibrated_note(loaded)
     sidecar = {
         "model": "model.onnx", "covfast_version": __version__, "exporter": EXPORTER, "opset": OPSET,
-        "arch": loaded.spec.arch, "weights_sha256": weights_digest(loaded.dir), "run": loaded.name,
+        "arch": loaded.spec.arch, "weights_sha256": weights_digest(loaded.dir, loaded.record), "run": loaded.name,
         "input": {"name": "image", "shape": ["batch", 3, height, width], "dtype": "float32",
                   "from_xray": (f"read the X-ray as 8-bit gray: an 8-bit PNG or JPEG as its luminance (Pillow's "
                                 f"convert('L')); a 16-bit PNG scaled over its full range (round(x / 65535 x 255)), not "
@@ -227,7 +225,7 @@ def check_export(run: Run) -> tuple[Path, OnnxModel]:
         listed = set(sidecar["outputs"])
     except (ValueError, KeyError, TypeError):
         raise CovfastError(f"{folder / 'model.json'} is not the sidecar covfast export writes; {again}") from None
-    if sidecar.get("weights_sha256") != weights_digest(run.dir):
+    if sidecar.get("weights_sha256") != weights_digest(run.dir, run.record):
         raise CovfastError(f"{folder / 'model.onnx'} was exported from other weights than {run.name}'s; {again}")
     if sidecar.get("model_sha256") != sha256(folder / "model.onnx"):
         raise CovfastError(f"{folder / 'model.onnx'} is not the file `covfast export` wrote beside {folder / 'model.json'} "

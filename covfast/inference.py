@@ -79,7 +79,7 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
     device = device or record.get("device")
     here = spec.replace(precision=precision)
     # an ensemble's model is its members' (covfast/ensemble.py), each with its own model.pth
-    model = ensemble_model(run_dir, record, _member_model) if spec.arch == ENSEMBLE else None
+    model = ensemble_model(run_dir, spec, record, _member_model) if spec.arch == ENSEMBLE else None
     learn = (learner_for_spec(here, device=device, decision=decision, pretrained=False, warn=False, model=model)[0]
              if with_data else inference_learner(here, decision, device, model))
     if model is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from PIL import Image
 from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
-from .decision import EMPTY, FLAGGED, OUTLINED, predict_one
+from .decision import EMPTY, FLAGGED, OUTLINED, Prediction, predict_one
 from .dataset import SUBDIRS
 from .dicom import DICOM_SUFFIXES
 from .figures import captioned, overlay
@@ -28,12 +30,12 @@ __all__ = ["IMAGE_SUFFIXES", "COLUMNS", "CAPTION_NOTE", "collect_images", "Predi
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
 # the end of every overlay's caption
 CAPTION_NOTE = "research code, not a medical device"
-# predictions.csv's columns
 # threads that make each X-ray's outline and write its PNGs beside the model, and the PNGs' zlib level: on 812 Test
 # X-rays (2 cores) the pool took covfast predict from 24.5 s to 20.6 s, and level 1 (PIL's default is 6) to 17.5 s,
 # for 10% larger files (benchmarks/README.md)
 WRITERS = 2
 PNG_LEVEL = 1
+# predictions.csv's columns
 COLUMNS = ["file", "width", "height", "p_covid", "decision", "infected_pixels", "infection_pct_image", "lung_pixels",
            "infection_pct_of_lung", "severity_band", "lung_source", "mask", "lung_mask", "overlay"]
 
@@ -159,21 +161,21 @@ def predict(
             fail("image", f, f"{e.__class__.__name__}: {str(e)[:100]}")
     rows, taken = [], set()
     if good:
+        # per X-ray, a call that makes its `Prediction`: run in the pool below, beside the model
         if engine == "onnx":
-            outlined = _exported_outlines(exported, good, config.bs, progress)
+            predictions = _exported_predictions(exported, good, config.bs, progress)
         else:
             items = pd.DataFrame({"image": [str(f) for f in good]})
-            outlined = ((i, lambda given, output=output, i=i: outline(output, _cached_xray(str(good[i])), loaded.decision,
-                                                                     given))
-                        for i, output, _ in iter_outputs(learn, items, bs=config.bs, progress=progress))
+            predictions = ((i, partial(predict_one, output, loaded.decision, _cached_xray(str(good[i])).shape))
+                           for i, output, _ in iter_outputs(learn, items, bs=config.bs, progress=progress))
         # each X-ray's outline and its three PNGs are made in a small pool while the model runs on the next batch
         # (PIL's encoding and torch's resizing release the GIL); names, failures and rows keep the files' order
         with ThreadPoolExecutor(max_workers=WRITERS) as pool:
             pending = []
-            for i, make in outlined:
+            for i, predicted in predictions:
                 f = good[i]
                 given = _given_lung(Path(lung_masks) / f.name, _cached_xray(str(f)).shape, fail) if lung_masks else None
-                pending.append(pool.submit(_write, f, _unique_stem(f, taken), make, given, out))
+                pending.append(pool.submit(_write, f, _unique_stem(f, taken), predicted, given, out))
             rows = [p.result() for p in pending]
     table = pd.DataFrame(rows, columns=COLUMNS)
     # four decimals say all a probability or a percentage of these masks can (17 digits said noise)
@@ -181,9 +183,9 @@ def predict(
     return table, failures, out
 
 
-def _write(f: Path, stem: str, make, given: np.ndarray | None, out: Path) -> dict:
-    "One X-ray's `Outline` (`make(given)`), its mask, lungs and captioned overlay as PNGs; its predictions.csv row."
-    result = make(given)
+def _write(f: Path, stem: str, predicted: Callable[[], Prediction], given: np.ndarray | None, out: Path) -> dict:
+    "One X-ray's `Outline` (of `predicted()`), its mask, lungs and captioned overlay as PNGs; its predictions.csv row."
+    result = _outline(_cached_xray(str(f)), predicted(), given)
     save = dict(compress_level=PNG_LEVEL)
     Image.fromarray(result.mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}.png", **save)
     if result.predicted_lung is not None:
@@ -236,26 +238,24 @@ class Outline:
 
 def outline(output, gray: np.ndarray, decision, given_lung: np.ndarray | None = None) -> Outline:
     "One X-ray's `Outline` from the model's outputs for it (a batch of 1, `inference.iter_outputs`) and the run's decision."
-    said = predict_one(output, decision, gray.shape)
-    return _outline(gray, said.mask, said.p_covid, said.verdict, said.lung, given_lung)
+    return _outline(gray, predict_one(output, decision, gray.shape), given_lung)
 
 
-def _outline(gray: np.ndarray, mask: np.ndarray, p: float, decided: str, predicted: np.ndarray | None,
-             given_lung: np.ndarray | None) -> Outline:
-    "The `Outline` of a decided X-ray: severity in the given lungs, else the model's own."
+def _outline(gray: np.ndarray, said: Prediction, given_lung: np.ndarray | None) -> Outline:
+    "The `Outline` of an X-ray and its `Prediction`: severity in the given lungs, else the model's own."
+    mask, p, decided, predicted = said.mask, said.p_covid, said.verdict, said.lung
     lung, source = (given_lung, "given") if given_lung is not None else (predicted, "predicted" if predicted is not None else "")
     pct = infection_pct(mask, lung) if lung is not None else float("nan")
     return Outline(gray, mask, p, decided, lung, source, predicted, pct, overlay(gray, mask, lung=lung),
                    caption(decided, p, pct))
 
 
-def _exported_outlines(model, files: list[Path], bs: int, progress):
-    "(index, make `Outline` from a given lung mask or None) per X-ray, through an export (`portable.ExportedModel`), batched."
+def _exported_predictions(model, files: list[Path], bs: int, progress):
+    "(index, a call that gives its `Prediction`) per X-ray, through an export (`portable.ExportedModel`), batched."
     starts = range(0, len(files), bs)
     for start in (progress(starts, len(starts)) if progress is not None else starts):
-        grays = [_cached_xray(str(f)) for f in files[start:start + bs]]
-        for k, (gray, r) in enumerate(zip(grays, model(grays))):
-            yield start + k, (lambda given, gray=gray, r=r: _outline(gray, r["mask"], r["p_covid"], r["decision"], r["lung"], given))
+        for k, r in enumerate(model([_cached_xray(str(f)) for f in files[start:start + bs]])):
+            yield start + k, partial(Prediction, r["mask"], r["lung"], r["p_covid"], r["decision"])
 
 
 def _given_lung(path: Path, shape: tuple[int, int], fail) -> np.ndarray | None:
