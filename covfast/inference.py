@@ -30,7 +30,8 @@ from .precision import autocast, memory_format
 from .runs import load_model_weights, load_weights, read_run, resolve_run
 from .spec import RunSpec
 
-__all__ = ["Run", "uncalibrated_note", "inference_learner", "load_run", "run_record", "validation_batch", "iter_outputs"]
+__all__ = ["Run", "uncalibrated_note", "inference_learner", "load_run", "run_record", "validation_batch", "iter_outputs",
+           "iter_batches"]
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,20 @@ def validation_batch(learn: Learner, pixels: tuple[np.ndarray, ...]) -> tuple:
     return dl.after_batch(to_device(b, dl.device))
 
 
-@torch.no_grad()
 def iter_outputs(learn: Learner, items: pd.DataFrame, bs: int | None = None, with_labels: bool = False,
                  progress=None, attention: bool = False) -> Iterator[tuple[int, ModelOutput, torch.Tensor | None]]:
     """(row index, the model's outputs for that image (batch of 1, fp32, model resolution), its target or None)
-    for every item, batched.
+    for every item: `iter_batches`, one image at a time."""
+    for start, out, yb in iter_batches(learn, items, bs, with_labels, progress, attention):
+        for i in range(len(out[0])):
+            yield start + i, out.map(lambda t: t[i:i + 1]), (yb[i] if yb is not None else None)
+
+
+@torch.no_grad()
+def iter_batches(learn: Learner, items: pd.DataFrame, bs: int | None = None, with_labels: bool = False,
+                 progress=None, attention: bool = False) -> Iterator[tuple[int, ModelOutput, torch.Tensor | None]]:
+    """(row index of the batch's first image, the model's outputs for the batch (fp32, model resolution), its
+    targets or None) for every batch of `bs` items, in order.
 
     Items get the learner's own validation transforms (resize, normalisation), so prediction sees exactly
     what validation saw, and its precision (`precision.autocast`, channels_last). `attention`: add the
@@ -169,6 +179,4 @@ def iter_outputs(learn: Learner, items: pd.DataFrame, bs: int | None = None, wit
                 else:
                     out = learn.model(xb)
             out = out.map(lambda t: t.float())  # the decision, the masks and the metrics are fp32
-            yb = batch[1].as_subclass(torch.Tensor) if with_labels else None
-            for i in range(len(xb)):
-                yield start + i, out.map(lambda t: t[i:i + 1]), (yb[i] if yb is not None else None)
+            yield start, out, (batch[1].as_subclass(torch.Tensor) if with_labels else None)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
-from typing import Callable
+from typing import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,11 @@ from PIL import Image
 from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
-from .decision import EMPTY, FLAGGED, OUTLINED, Prediction, predict_one
+from .decision import EMPTY, FLAGGED, OUTLINED, Prediction, predict_batch, predict_one
 from .dataset import SUBDIRS
 from .dicom import DICOM_SUFFIXES
 from .figures import captioned, overlay
-from .inference import iter_outputs, load_run, run_record, uncalibrated_note
+from .inference import iter_batches, load_run, run_record, uncalibrated_note
 from .metrics import infection_pct, severity_band_name
 from .runs import run_subdir
 
@@ -161,15 +160,15 @@ def predict(
             fail("image", f, f"{e.__class__.__name__}: {str(e)[:100]}")
     rows, taken = [], set()
     if good:
-        # per X-ray, a call that makes its `Prediction`: run in the pool below, beside the model
+        # (index, `Prediction`) per X-ray, made a batch at a time on this thread, where torch's upsampling runs
         if engine == "onnx":
             predictions = _exported_predictions(exported, good, config.bs, progress)
         else:
             items = pd.DataFrame({"image": [str(f) for f in good]})
-            predictions = ((i, partial(predict_one, output, loaded.decision, _cached_xray(str(good[i])).shape))
-                           for i, output, _ in iter_outputs(learn, items, bs=config.bs, progress=progress))
-        # each X-ray's outline and its three PNGs are made in a small pool while the model runs on the next batch
-        # (PIL's encoding and torch's resizing release the GIL); names, failures and rows keep the files' order
+            predictions = _torch_predictions(learn, loaded.decision, items, config.bs, progress)
+        # each X-ray's overlay and its three PNGs are made in a small pool while the model runs on the next batch
+        # (PIL's encoding releases the GIL); names, failures and rows keep the files' order. The pool does no torch
+        # work: torch ops there contended with the model's own threads and slowed both
         with ThreadPoolExecutor(max_workers=WRITERS) as pool:
             pending = []
             for i, predicted in predictions:
@@ -183,9 +182,9 @@ def predict(
     return table, failures, out
 
 
-def _write(f: Path, stem: str, predicted: Callable[[], Prediction], given: np.ndarray | None, out: Path) -> dict:
-    "One X-ray's `Outline` (of `predicted()`), its mask, lungs and captioned overlay as PNGs; its predictions.csv row."
-    result = _outline(_cached_xray(str(f)), predicted(), given)
+def _write(f: Path, stem: str, predicted: Prediction, given: np.ndarray | None, out: Path) -> dict:
+    "One X-ray's `Outline` (of its `Prediction`), its mask, lungs and captioned overlay as PNGs; its predictions.csv row."
+    result = _outline(_cached_xray(str(f)), predicted, given)
     save = dict(compress_level=PNG_LEVEL)
     Image.fromarray(result.mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}.png", **save)
     if result.predicted_lung is not None:
@@ -250,12 +249,19 @@ def _outline(gray: np.ndarray, said: Prediction, given_lung: np.ndarray | None) 
                    caption(decided, p, pct))
 
 
-def _exported_predictions(model, files: list[Path], bs: int, progress):
-    "(index, a call that gives its `Prediction`) per X-ray, through an export (`portable.ExportedModel`), batched."
+def _torch_predictions(learn, decision, items: pd.DataFrame, bs: int, progress) -> Iterator[tuple[int, Prediction]]:
+    "(index, `Prediction`) per X-ray of `items`, through the run's model (`inference.iter_batches`)."
+    for start, out, _ in iter_batches(learn, items, bs=bs, progress=progress):
+        shapes = [_cached_xray(path).shape for path in items.image.iloc[start:start + len(out[0])]]
+        yield from enumerate(predict_batch(out, decision, shapes), start)
+
+
+def _exported_predictions(model, files: list[Path], bs: int, progress) -> Iterator[tuple[int, Prediction]]:
+    "(index, `Prediction`) per X-ray, through an export (`portable.ExportedModel`), batched."
     starts = range(0, len(files), bs)
     for start in (progress(starts, len(starts)) if progress is not None else starts):
         for k, r in enumerate(model([_cached_xray(str(f)) for f in files[start:start + bs]])):
-            yield start + k, partial(Prediction, r["mask"], r["lung"], r["p_covid"], r["decision"])
+            yield start + k, Prediction(r["mask"], r["lung"], r["p_covid"], r["decision"])
 
 
 def _given_lung(path: Path, shape: tuple[int, int], fail) -> np.ndarray | None:
