@@ -111,6 +111,15 @@ def _main(
     ctx.obj = {"debug": debug}
 
 
+def _check_runs(*runs: str) -> None:
+    "Refuse a run that does not exist (a typo) before torch and fastai load, which takes seconds."
+    from .runs import resolve_run
+
+    runs_dir = load_config().runs_dir
+    for run in runs:
+        resolve_run(run, runs_dir)
+
+
 def _progress(description: str):
     "A progress-bar wrapper for library functions that take `progress(iterable, total)`."
     from rich.progress import track
@@ -248,15 +257,22 @@ def train_cmd(
 ) -> None:
     """Train a model with fastai's one-cycle schedule into a run directory (Ctrl-C keeps the last epoch's checkpoint)."""
     check_arch(arch)  # a typo is refused before torch and fastai load (seconds)
-    from . import distributed
+    from .dataset import resolve_root
     from .spec import RunSpec
-    from .train import TrainingInterrupted, resume as resume_run, train, training_summary
 
     settings = load_config(num_workers=workers)
     flags = dict(data_root=data, img_size=size, bs=bs, epochs=epochs, lr=lr, classes=classes, seed=seed,
                  precision=_precision_flag(precision, fp16), pretrained=pretrained, features=features,
                  dice_weight=dice_weight, cls_weight=cls_weight, lung_weight=lung_weight, augment=augment,
                  keep_checkpoint=keep_checkpoint or None)
+    if resume is not None:
+        _check_runs(resume)
+    else:  # the settings and the data are checked before torch and fastai load, as the arch is
+        spec = RunSpec.from_flags(arch, settings, **flags)
+        resolve_root(spec.data_root)
+    from . import distributed
+    from .train import TrainingInterrupted, resume as resume_run, train, training_summary
+
     # lr_find can stop mid-epoch with its progress bar's line still open: its line starts a new one
     say = lambda line: typer.echo(("\n" if line.startswith("lr_find") else "") + line)  # noqa: E731
     try:
@@ -264,7 +280,7 @@ def train_cmd(
             run_dir = resume_run(resume, {"arch": arch, **flags}, settings.runs_dir, name=name, device=device,
                                  num_workers=settings.num_workers, say=say)
         else:
-            run_dir = train(RunSpec.from_flags(arch, settings, **flags), name, settings.runs_dir, device=device,
+            run_dir = train(spec, name, settings.runs_dir, device=device,
                             num_workers=settings.num_workers, say=say)
     except TrainingInterrupted as e:
         typer.echo(f"\nInterrupted after epoch {e.completed} of {e.epochs}; "
@@ -299,13 +315,16 @@ def lr_find_cmd(
 ) -> None:
     """Run fastai's lr_find on the model `covfast train` builds from the same flags: print the valley, slide, minimum and steep suggestions and save the plot."""
     check_arch(arch)  # a typo is refused before torch and fastai load (seconds)
+    from .dataset import resolve_root
     from .spec import RunSpec
-    from .train import find_lr
 
     settings = load_config(num_workers=workers)
     spec = RunSpec.from_flags(arch, settings, data_root=data, img_size=size, bs=bs, classes=classes, seed=seed,
                               precision=precision, pretrained=pretrained, features=features, dice_weight=dice_weight,
                               cls_weight=cls_weight, lung_weight=lung_weight, augment=augment)
+    resolve_root(spec.data_root)  # before torch and fastai load
+    from .train import find_lr
+
     values, path, doubt = find_lr(spec, out, settings.runs_dir, device=device, num_workers=settings.num_workers,
                                   num_it=num_it)
     typer.echo("\nlr_find suggestions:")  # on a new line: lr_find can stop with its progress bar's line open
@@ -334,6 +353,7 @@ def evaluate_cmd(
     classes: Annotated[Optional[str], typer.Option("--classes", help="Classes to score, 'all' or a comma-separated subset. Default: those the run trained on.", show_default=False)] = None,
 ) -> None:
     """Score a run's best weights on a split at the masks' resolution; write eval/<split>/ tables."""
+    _check_runs(run)
     from .config import parse_classes
     from .evaluate import evaluate, evaluation_text
 
@@ -357,6 +377,7 @@ def calibrate_cmd(
     inside_lungs: Annotated[Optional[bool], typer.Option("--inside-lungs/--anywhere", help="Keep predicted infection inside the model's own predicted lungs, or anywhere (runs with the lung output). Default: as the run was calibrated before; anywhere for a new run.", show_default=False)] = None,
 ) -> None:
     """Choose the run's decision threshold on Val at a target sensitivity or specificity (calibration.json); evaluate, report, compare and predict then use it."""
+    _check_runs(run)
     from .calibrate import calibrate, calibration_text
 
     result = calibrate(run, specificity, sensitivity, split, data, load_config(bs=bs, precision=precision), device=device,
@@ -374,6 +395,7 @@ def report_cmd(
     allow_calibration_split: AllowCalibrationOpt = False,
 ) -> None:
     """Write an interpretation report (report/index.html with PNG figures) for a run; evaluates first if needed."""
+    _check_runs(run)
     from .report import report
 
     path = report(run, split, load_config(precision=precision), device=device, progress=_progress("Scoring"), data=data,
@@ -391,6 +413,7 @@ def compare_cmd(
     allow_calibration_split: AllowCalibrationOpt = False,
 ) -> None:
     """Which model, where: metrics side by side, paired per-image Dice differences, the same images through each model."""
+    _check_runs(*runs)
     from .compare import compare
 
     path = compare(runs, split, out, load_config(precision=precision), device=device, progress=_progress("Scoring"),
@@ -404,6 +427,7 @@ def ensemble_cmd(
     name: Annotated[Optional[str], typer.Option("--name", help="The ensemble's run directory name under runs_dir. Default: ensemble-<YYYYmmdd-HHMMSS>.", show_default=False)] = None,
 ) -> None:
     """Make a run of trained runs whose outputs are the mean of their probabilities; calibrate it, then every command takes it."""
+    _check_runs(*runs)
     from .ensemble import make_ensemble
 
     make_ensemble(runs, name, load_config().runs_dir, say=typer.echo)
@@ -421,6 +445,10 @@ def predict_cmd(
     engine: Annotated[str, typer.Option("--engine", help="torch (the run's PyTorch model), or onnx (its `covfast export` through onnxruntime, on the CPU).")] = "torch",
 ) -> None:
     """Outline infection and lungs in new X-rays: 0/255 masks, an overlay per image (infection red, lungs outlined in cyan), and predictions.csv with infection % of lung and its severity band."""
+    from .inputs import check_paths
+
+    _check_runs(run)
+    check_paths(paths)
     from .predict import predict, prediction_summary
 
     config = load_config(bs=bs, precision=precision)
@@ -444,6 +472,7 @@ def export_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for model.onnx and its sidecar model.json. Default: <run>/export.", show_default=False)] = None,
 ) -> None:
     """Export the run's best weights to ONNX (batch axis dynamic, the run's input size fixed) with a JSON sidecar of everything needed to use it without covfast; checked against PyTorch."""
+    _check_runs(run)
     from .export import TOLERANCE, export
 
     path, sidecar, diff = export(run, out, load_config())
@@ -463,6 +492,7 @@ def serve_cmd(
     precision: PrecisionOpt = None,
 ) -> None:
     """A web page to drop an X-ray on (PNG, JPEG, DICOM): the run's outline of infection and lungs, its decision and severity, the mask to download."""
+    _check_runs(run)
     from .serve import serve
 
     serve(run, host, port, load_config(precision=precision), device=device, say=typer.echo)

@@ -16,17 +16,15 @@ from .config import Config
 from .data import _cached_xray, read_mask
 from .errors import CovfastError
 from .decision import EMPTY, FLAGGED, OUTLINED, Prediction, predict_batch, predict_one
-from .dataset import SUBDIRS
-from .dicom import DICOM_SUFFIXES
 from .figures import captioned, overlay
+from .inputs import collect_images
 from .inference import iter_batches, load_run, run_record, uncalibrated_note
 from .metrics import infection_pct, severity_band_name
-from .runs import run_subdir
+from .runs import resolve_run, run_subdir
 
-__all__ = ["IMAGE_SUFFIXES", "COLUMNS", "CAPTION_NOTE", "collect_images", "PredictFailure", "Outline", "outline", "predict",
+__all__ = ["COLUMNS", "CAPTION_NOTE", "PredictFailure", "Outline", "outline", "predict",
            "caption", "prediction_summary"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
 # the end of every overlay's caption
 CAPTION_NOTE = "research code, not a medical device"
 # threads that make each X-ray's outline and write its PNGs beside the model, and the PNGs' zlib level: on 812 Test
@@ -37,34 +35,6 @@ PNG_LEVEL = 1
 # predictions.csv's columns
 COLUMNS = ["file", "width", "height", "p_covid", "decision", "infected_pixels", "infection_pct_image", "lung_pixels",
            "infection_pct_of_lung", "severity_band", "lung_source", "mask", "lung_mask", "overlay"]
-
-
-# the mask folders of a COVID-QU-Ex tree: the PNGs in them are masks, not X-rays
-MASK_FOLDERS = (SUBDIRS["infection_mask"], SUBDIRS["lung_mask"])
-
-
-def collect_images(paths: list[str | Path], say=None) -> list[Path]:
-    """Files as given, and the image files (by suffix) inside folders, sorted; a missing path is an error. Inside a
-    folder, the PNGs under a COVID-QU-Ex tree's mask folders ('infection masks', 'lung masks') are skipped, and
-    `say` is told how many (a file named on its own is always taken)."""
-    files, skipped = [], 0
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            masks = [f for f in found if set(f.relative_to(p).parts[:-1]) & set(MASK_FOLDERS)]
-            skipped += len(masks)
-            files.extend(f for f in found if f not in set(masks))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise CovfastError(f"{p} does not exist; pass image files or folders of images")
-    if skipped and say:
-        say(f"skipped {skipped} masks under '{MASK_FOLDERS[0]}/' and '{MASK_FOLDERS[1]}/' folders (a COVID-QU-Ex tree's "
-            f"masks, not X-rays); name a mask file itself to predict on it")
-    if not files:
-        raise CovfastError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}"
-                           + (f" besides {skipped} masks in mask folders" if skipped else ""))
-    return files
 
 
 def _unique_stem(path: Path, taken: set[str]) -> str:
@@ -122,14 +92,15 @@ def predict(
                                f"as X-rays; choose an --out outside it")
     if engine not in ("torch", "onnx"):
         raise CovfastError(f"--engine {engine!r} is not one of torch, onnx")
+    run = resolve_run(run, config.runs_dir)  # a wrong run is refused before a large folder is searched
     files = collect_images(paths, say)
     if engine == "onnx":  # the export through onnxruntime and covfast/portable.py: no learner, no PyTorch model
         from .export import check_export
         from .portable import ExportedModel
-        loaded = run_record(run, config.runs_dir)
+        loaded = run_record(run)
         exported = ExportedModel(check_export(loaded)[0])
     else:
-        learn, loaded = load_run(run, config.runs_dir, device, precision=config.precision)
+        learn, loaded = load_run(run, device=device, precision=config.precision)
     out = Path(out) if out else run_subdir(loaded.dir, "predictions", f"{datetime.now():%Y%m%d-%H%M%S}")
     if (out / "predictions.csv").exists():
         raise CovfastError(f"{out} already holds predictions.csv; choose another --out")

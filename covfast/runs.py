@@ -1,4 +1,7 @@
-"""Run directory I/O: names, config.json, history.csv, atomic checkpoints, safe weight loading."""
+"""Run directory I/O: names, config.json, history.csv, atomic checkpoints, safe weight loading.
+
+Torch and fastai are imported by the functions that need them: the CLI resolves a run (and refuses a wrong
+name) with this module before any of them loads."""
 
 from __future__ import annotations
 
@@ -13,14 +16,13 @@ import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fastai
 import numpy as np
 import pandas as pd
-import timm
-import torch
-import torchvision
+
+if TYPE_CHECKING:
+    import torch
 
 from . import __version__
 from .errors import CovfastError
@@ -35,6 +37,11 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "train_dice", "valid_dic
 
 def versions() -> dict[str, str]:
     "The versions a run was made with (config.json records them)."
+    import fastai
+    import timm
+    import torch
+    import torchvision
+
     return {"covfast": __version__, "fastai": fastai.__version__, "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__, "python": platform.python_version()}
 
@@ -209,11 +216,15 @@ def write_history(run_dir: str | Path, history: pd.DataFrame) -> None:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     "torch.save through a temporary file and a rename."
+    import torch
+
     _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def plain(obj: Any) -> Any:
     "Tensors, numbers, strings and plain containers only, so the file loads with weights_only=True."
+    import torch
+
     if isinstance(obj, np.generic):  # numpy scalars from fastai's schedules (np.float64 is also a float)
         return obj.item()
     if isinstance(obj, torch.Tensor):  # fastai's TensorBase subclasses would need unpickling: store plain tensors
@@ -245,6 +256,8 @@ def read_run(run_dir: str | Path) -> tuple[RunSpec, dict[str, Any]]:
 
 def finite_weights(state_dict: dict[str, torch.Tensor]) -> bool:
     "Whether every floating-point tensor of a state_dict is finite (no NaN, no inf)."
+    import torch
+
     return all(bool(torch.isfinite(t).all()) for t in state_dict.values() if t.is_floating_point())
 
 
@@ -266,6 +279,8 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
 
 def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     "Load a state_dict or checkpoint with weights_only=True: a file that would run code is refused."
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CovfastError(f"weights file {path} does not exist")

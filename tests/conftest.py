@@ -16,6 +16,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("COVFAST_SHARED_DATA", REPO.parent / "shared" / "data" / "covid-qu-ex"))
 
 
+# what the test run itself is told (the precision every test runs in, where the real data is, what CI checked);
+# any other COVFAST_* setting in the shell would change the commands under test
+TEST_SETTINGS = {"COVFAST_PRECISION", "COVFAST_SHARED_DATA", "COVFAST_DEMO_CHECKED", "COVFAST_REQUIRE_BROWSER"}
+
+
+@pytest.fixture(autouse=True)
+def no_stray_settings(monkeypatch):
+    "Each test sees the packaged settings (and its own): not a COVFAST_RUNS_DIR or COVFAST_BS left in the shell."
+    for name in [n for n in os.environ if n.startswith("COVFAST_") and n not in TEST_SETTINGS]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     "A synthetic COVID-QU-Ex tree: 6 images per class and split, 64 px. Do not modify it."

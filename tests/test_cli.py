@@ -71,3 +71,25 @@ def test_flags_are_not_shown_as_taking_a_value():
         out = runner.invoke(app, [*path, "--help"]).stdout
         assert "<bool>" not in out, path
     assert "<int" in runner.invoke(app, ["train", "--help"]).stdout  # options that take a value keep theirs
+
+
+def test_a_wrong_name_or_path_is_refused_before_torch_loads(tmp_path, synth_root):
+    "A typo costs no seconds of torch and fastai loading: every command refuses it first (exit 2), with the fix."
+    (tmp_path / "runs" / "real").mkdir(parents=True)
+    (tmp_path / "runs" / "real" / "config.json").write_text("{}")
+    wrong = [["train", "nosucharch"], ["train", "attention-unet", "--data", "no/such/data"],
+             ["train", "attention-unet", "--resume", "nosuch"], ["lr-find", "attention-unet", "--data", "no/such"],
+             ["predict", "nosuch", str(synth_root)], ["predict", "real", "no/such.png"], ["evaluate", "nosuch"],
+             ["calibrate", "nosuch"], ["report", "nosuch"], ["compare", "real", "nosuch"], ["ensemble", "real", "nosuch"],
+             ["export", "nosuch"], ["serve", "nosuch"]]
+    script = ("import sys; from covfast.cli import app\n"
+              f"for args in {wrong!r}:\n"
+              "    print(args[0], app(args, prog_name='covfast', standalone_mode=False))\n"
+              "print('torch loaded:', 'torch' in sys.modules)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("COVFAST_")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"{args[0]} 2" for args in wrong] + ["torch loaded: False"]
+    said = done.stderr.splitlines()
+    assert len(said) == len(wrong) and all(line.startswith("covfast: error: ") for line in said), said
+    assert "no run directory 'nosuch'" in said[4] and "no/such.png does not exist" in said[5], said

@@ -1,7 +1,11 @@
 """What a user reads: the model choice an empty model cannot win, lr-find that suits the data, predict's counts
 and captions, --help with values."""
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,13 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from covfast.cli import app
 from covfast.dataset import DATASET_DIR
 from covfast.metrics import SegmentationStats, model_choice_score
 from tests.helpers import cli
-
-
-
 
 pytestmark = pytest.mark.usefixtures("in_tmp")
 
@@ -121,12 +121,21 @@ def test_predict_ends_with_its_counts_and_captions_its_overlays(synth_root, tmp_
     assert 1 <= len(starts) <= 3, len(starts)
 
 
-def test_help_shows_values_not_setting_names():
-    import typer
+def _train_help(folder: Path, **env: str) -> str:
+    "`covfast train --help` as a user working in `folder` sees it, with no COVFAST_* settings but `env`'s; one line."
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COVFAST_")}
+    done = subprocess.run([sys.executable, "-m", "covfast", "train", "--help"], cwd=folder, capture_output=True,
+                          text=True, env={**clean, "COLUMNS": "400", **env}, check=True)
+    return " ".join(done.stdout.split())
 
-    train = typer.main.get_command(app).commands["train"]
-    helps = {p.opts[0]: p.help or "" for p in train.params if p.opts}
-    assert helps["--bs"].endswith("Default: 8 (settings.ini / COVFAST_BS).")
-    assert "Default: 1e-3 (settings.ini / COVFAST_LR)." in helps["--lr"] and helps["--cls-weight"].endswith("Default: 0.3.")
-    assert not any(h.endswith(("Default: bs.", "Default: lr.", "Default: precision.")) for h in helps.values())
-    assert "--fp16" not in cli("train", "--help").stdout  # its old name is hidden
+
+def test_help_shows_the_values_in_force_where_it_runs(tmp_path):
+    plain = _train_help(tmp_path)  # no settings.ini here: the packaged defaults
+    assert "Default: 8 (settings.ini / COVFAST_BS)." in plain and "Default: 1e-3 (settings.ini / COVFAST_LR)." in plain
+    assert "Default: 0.3." in plain  # --cls-weight
+    assert not any(f"Default: {name}." in plain for name in ("bs", "lr", "precision"))
+    assert "--fp16" not in plain  # its old name is hidden
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / "settings.ini").write_text("[covfast]\nbs = 16\n")
+    team = _train_help(tmp_path / "team", COVFAST_LR="3e-4")
+    assert "Default: 16 (settings.ini / COVFAST_BS)." in team and "Default: 3e-4 (settings.ini / COVFAST_LR)." in team
