@@ -20,7 +20,14 @@ in one process:
   forward) and its share of the device's measured matrix-product peak in that precision, peak
   resident memory (of the whole process, so far).
 
-Then the fast path's rates over fp32's, per architecture. On CUDA the loaders are the ones
+Then the fast path's rates over fp32's, per architecture.
+
+End to end (`--e2e-runs`, or 1-epoch runs of `--archs` on 810 synthetic X-rays by default): `covfast predict RUN
+FOLDER` as a user runs it, process start to every file written, against the bare forward of the same model on as
+many X-rays in the same precision (`e2e_ratio`), one after the other `--e2e-repeats` times (the median pair); the
+same for `--engine onnx` (the run's export through onnxruntime, on a copy of the run) against the bare forward in
+the run's own precision (`onnx_e2e_ratio`); and how long `covfast train nosucharch` and `covfast predict nosuch
+FOLDER` take to refuse. `--parts e2e` measures only this. On CUDA the loaders are the ones
 `covfast train` uses there (worker processes, pinned memory).
 
 Prints markdown tables; `--json PATH` writes the figures. Default settings take about 10 minutes
@@ -36,6 +43,8 @@ import json
 import os
 import platform
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +62,8 @@ from covfast.decision import learner_decision
 from covfast.learner import learner_for_spec, pick_device
 from covfast.precision import Precision, cpu_runs_bf16, learner_precision, memory_format, resolve_precision
 from covfast.losses import SegLoss
-from covfast.inference import iter_outputs
+from covfast.inference import iter_outputs, load_run
+from covfast.inputs import collect_images
 from covfast.spec import RunSpec
 from covfast.synth import write_synthetic
 
@@ -256,6 +266,74 @@ def bench_arch(arch: str, data: Path, size: int, bs: int, device: torch.device, 
     }
 
 
+def _seconds(argv: list[str], env: dict[str, str] | None = None) -> float:
+    "Wall seconds of a command run as a user runs it (a new process); its output is kept only when it fails."
+    t = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t
+    if done.returncode not in (0, 2):
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def bench_end_to_end(run: Path, images: Path, work: Path, bs: int, precision: str, repeats: int = 3) -> dict:
+    """`covfast predict` on `images` as a whole process (start to files written), torch and onnx engines, each against
+    the bare forward of the run's model on as many X-rays: the median of `repeats` side-by-side pairs."""
+    n = len(collect_images([images]))
+    learn, loaded = load_run(run, precision=precision)
+    used = learner_precision(learn)
+    device = learn.dls.device
+    forward = BareForward(learn.model, bs, loaded.spec.img_size, device, used, memory_format(learn))
+    batches = -(-n // bs)
+    copy_dir = work / "runs" / run.name  # the export is written into a copy, not the user's run
+    if not copy_dir.exists():
+        shutil.copytree(run, copy_dir, ignore=shutil.ignore_patterns("eval", "report", "predictions", "export"))
+        _seconds([sys.executable, "-m", "covfast", "export", str(copy_dir)])
+    command = [sys.executable, "-m", "covfast", "predict", str(copy_dir), str(images), "--bs", str(bs),
+               "--precision", precision]
+    pairs: dict[str, list[tuple[float, float]]] = {"torch": [], "onnx": []}
+    for k in range(repeats):
+        for engine in pairs:
+            bare = sum(forward() for _ in range(batches))
+            out = work / f"out-{run.name}-{engine}-{k}"
+            whole = _seconds(command + ["--engine", engine, "--out", str(out)])
+            written = len(list(out.rglob("*.png")))
+            if written < 2 * n:  # a mask and an overlay per X-ray at least
+                raise RuntimeError(f"covfast predict --engine {engine} wrote {written} PNGs for {n} X-rays")
+            shutil.rmtree(out)
+            pairs[engine].append((bare, whole))
+    python = [sys.executable, "-m", "covfast"]
+    refusals = {"train_typo_s": min(_seconds(python + ["train", "nosucharch"]) for _ in range(3)),
+                "predict_no_run_s": min(_seconds(python + ["predict", "nosuch", str(images)]) for _ in range(3))}
+    result = {"run": str(run), "arch": loaded.spec.arch, "size": loaded.spec.img_size, "precision": used.mode,
+              "xrays": n, "bs": bs}
+    for engine, prefix in (("torch", "e2e"), ("onnx", "onnx_e2e")):
+        bare_s, whole_s = zip(*pairs[engine])
+        result.update({f"{prefix}_bare_forward_img_s": round(n / median(list(bare_s)), 2),
+                       f"{prefix}_img_s": round(n / median(list(whole_s)), 2),
+                       f"{prefix}_ratio": round(median([b / w for b, w in pairs[engine]]), 3),
+                       f"{prefix}_seconds": [round(w, 2) for w in whole_s]})
+    return {**result, **{k: round(v, 2) for k, v in refusals.items()}}
+
+
+E2E_COLUMNS = [("arch", "arch"), ("precision", "precision"), ("xrays", "X-rays"), ("e2e_bare_forward_img_s", "bare fwd img/s"),
+               ("e2e_img_s", "covfast predict img/s (whole process)"), ("e2e_ratio", "e2e ratio"),
+               ("onnx_e2e_img_s", "--engine onnx img/s"), ("onnx_e2e_ratio", "onnx e2e ratio"),
+               ("train_typo_s", "train typo refused (s)"), ("predict_no_run_s", "predict no-run refused (s)")]
+
+
+def synthetic_runs(archs: list[str], work: Path, size: int, bs: int) -> tuple[list[Path], Path]:
+    "1-epoch runs of `archs` (their speed is the model's, whatever they learnt) and a synthetic tree of 810 X-rays."
+    data = write_synthetic(work / "e2e-data", per_class=90, size=256, seed=1)
+    runs = []
+    for arch in archs:
+        _seconds([sys.executable, "-m", "covfast", "train", arch, "--data", str(data), "--epochs", "1", "--size",
+                  str(size), "--bs", str(bs), "--no-pretrained", "--name", f"e2e-{arch}"],
+                 env={**os.environ, "COVFAST_RUNS_DIR": str(work / "trained")})
+        runs.append(work / "trained" / f"e2e-{arch}")
+    return runs, data
+
+
 COLUMNS = [("arch", "arch"), ("precision", "precision"), ("gflops_forward", "fwd GFLOPs/img"), ("bare_step_img_s", "bare step img/s"),
            ("train_epoch1_img_s", "loop epoch 1 img/s"), ("train_img_s", "loop img/s"), ("train_ratio", "train ratio"),
            ("data_img_s", "data img/s"), ("data_ratio", "data ratio"), ("bare_forward_img_s", "bare fwd img/s"),
@@ -264,9 +342,9 @@ COLUMNS = [("arch", "arch"), ("precision", "precision"), ("gflops_forward", "fwd
            ("peak_rss_mib", "peak RSS MiB")]
 
 
-def markdown(results: list[dict]) -> str:
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r[k]) for k, _ in COLUMNS) + " |" for r in results]
+def markdown(results: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[k]) for k, _ in columns) + " |" for r in results]
     return "\n".join(lines)
 
 
@@ -287,8 +365,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default="fp32,auto",
                    help="comma-separated precisions to measure, each as `covfast train --precision` takes it "
                         "(default fp32,auto: plain fp32 beside the fast path this machine gets)")
+    p.add_argument("--parts", default="loop,e2e",
+                   help="what to measure: loop (training and in-process prediction against the bare model), e2e "
+                        "(covfast predict as a whole process); default both")
+    p.add_argument("--e2e-runs", help="comma-separated trained runs for the e2e part (default: 1-epoch runs of --archs "
+                                      "on 810 synthetic X-rays)")
+    p.add_argument("--e2e-images", type=Path, help="the folder of X-rays the e2e part predicts on (with --e2e-runs; "
+                                                   "500 or more)")
+    p.add_argument("--e2e-repeats", type=int, default=3, help="side-by-side pairs per engine (default 3)")
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if args.e2e_runs and not args.e2e_images:
+        p.error("--e2e-runs needs --e2e-images, the folder of X-rays to predict on")
     if args.data is None and 2 * args.per_class < 3 * args.bs:
         # the rates are medians of batch intervals: each split needs three or more batches
         p.error(f"--per-class {args.per_class} gives fewer than 3 batches of {args.bs}; use --per-class {-(-3 * args.bs // 2)} or more")
@@ -298,10 +387,18 @@ def main(argv: list[str] | None = None) -> int:
     # fp32 and the precision `auto` picks here (the fast path), each measured against its own bare step
     modes = list(dict.fromkeys(resolve_precision(p.strip(), device).mode for p in args.precisions.split(",")))
     peaks = {m: matmul_peak_gflops(device, Precision(m, "").dtype or torch.float32) for m in modes}
+    e2e = []
     with tempfile.TemporaryDirectory() as tmp:
+        if "e2e" in parts:
+            runs, images = ([Path(r) for r in args.e2e_runs.split(",")], args.e2e_images) if args.e2e_runs else \
+                synthetic_runs([a.strip() for a in args.archs.split(",")], Path(tmp), args.size, args.bs)
+            for run in runs:
+                for mode in modes:
+                    e2e.append(bench_end_to_end(run, images, Path(tmp), args.bs, mode, args.e2e_repeats))
+                    print(f"{run.name} ({mode}) end to end: ratio {e2e[-1]['e2e_ratio']}", file=sys.stderr)
         data = args.data or write_synthetic(Path(tmp) / "synth", per_class=args.per_class, size=256, seed=0)
         results = []
-        for arch in args.archs.split(","):
+        for arch in (args.archs.split(",") if "loop" in parts else []):
             for mode in modes:
                 t = time.perf_counter()
                 results.append(bench_arch(arch.strip(), data, args.size, args.bs, device, args.warmup_batches, peaks[mode],
@@ -315,7 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncovfast bench: {args.size} px, bs {args.bs}, {device} ({machine['torch_threads']} threads), "
           f"data {'synthetic' if args.data is None else args.data}; matrix-product peak "
           + ", ".join(f"{m} {v:.0f} GFLOP/s" for m, v in peaks.items()) + "\n")
-    print(markdown(results))
+    if results:
+        print(markdown(results))
+    if e2e:
+        print(f"\n`covfast predict` as a whole process against the bare forward ({e2e[0]['xrays']} X-rays):\n")
+        print(markdown(e2e, E2E_COLUMNS))
     speedups = fast_path_speedups(results)
     if speedups:
         print("\nFast path against fp32, same run (img/s ratios):\n")
@@ -324,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {s['arch']} | {s['precision']} | {s['train_speedup']}x | {s['bare_step_speedup']}x | {s['predict_speedup']}x |")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "settings": {k: str(v) for k, v in vars(args).items()},
-                                         "results": [r for r in results], "speedups": speedups}, indent=2))
+                                         "results": [r for r in results], "speedups": speedups,
+                                         "end_to_end": e2e}, indent=2))
         print(f"\nWrote {args.json}")
     return 0
 
