@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                "cpu_runs_bf16": cpu_runs_bf16(),
                "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None}
     print(f"\ncovfast bench: {args.size} px, bs {args.bs}, {device} ({machine['torch_threads']} threads), "
-          f"data {'synthetic' if args.data is None else args.data}; matrix-product peak "
+          f"data {'synthetic' if args.data is None else args.data}"
+          + (f", end to end on {args.e2e_images or 'synthetic X-rays'}" if e2e else "") + "; matrix-product peak "
           + ", ".join(f"{m} {v:.0f} GFLOP/s" for m, v in peaks.items()) + "\n")
     if results:
         print(markdown(results))

@@ -6,8 +6,8 @@ the run's threshold (0.5 until `covfast calibrate` chooses one on Val); at or be
 Runs made before the head may instead carry the pixel-evidence gate (an image is outlined only when the
 mean infection margin of its `gate_topk` most confident pixels is above `gate_margin`). A model with the
 lung output may keep the infection inside its predicted lungs (`inside_lungs`). A `Decision`
-holds all of it; the loss's `decodes`, the training metrics, evaluate, calibrate, predict and report all
-call `Decision.apply`, and `Decision.load` reads it from a run's calibration.json.
+holds all of it; the learner holds the run's (`get_preds(with_decoded=True)` decodes with it), and the training
+metrics, evaluate, calibrate, predict and report all call `Decision.apply`, and `Decision.load` reads it from a run's calibration.json.
 
 The verdict on an X-ray is one of three `OUTCOMES`, named by `outcome` from what the decision did, and every
 file, page and table says it with these words: an outline ('COVID-19 infection'); nothing outlined because
@@ -19,7 +19,7 @@ outlined': the image head's probability is above the threshold, yet no infection
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CovfastError
-from .outputs import ModelOutput, as_output
+from .outputs import ModelOutput, as_output, output_figures
 # the three verdicts (see the module's docstring), in the order tables list them, as the standalone prediction says them
 from .portable import EMPTY, FLAGGED, OUTCOMES, OUTLINED
 from .runs import read_json
@@ -195,6 +195,7 @@ class Prediction:
     lung: np.ndarray | None  # the model's own lungs, (H, W) bool; None for a model without the lung output
     p_covid: float  # the image head's probability; NaN for a model without the head
     verdict: str  # one of OUTCOMES
+    figures: dict[str, float] = field(default_factory=dict)  # what its other outputs declare (`OutputKind.figures`)
 
 
 def predict_one(out: ModelOutput, decision: Decision, shape: tuple[int, int]) -> Prediction:
@@ -213,6 +214,7 @@ def predict_batch(out: ModelOutput, decision: Decision, shapes: list[tuple[int, 
     per X-ray cost predict 4 ms an X-ray beside the model's own threads)."""
     out = as_output(out)
     said: list[Prediction | None] = [None] * len(shapes)
+    figures = output_figures(out)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, shape in enumerate(shapes):
         groups.setdefault(tuple(shape), []).append(i)
@@ -229,10 +231,10 @@ def predict_batch(out: ModelOutput, decision: Decision, shapes: list[tuple[int, 
             for k, i in enumerate(idx):
                 verdict = outcome(None if keep is None else bool(keep[k]), bool(masks[k].any()))
                 said[i] = Prediction(masks[k], lung[k] if lung is not None else None,
-                                     float(prob[k]) if prob is not None else float("nan"), verdict)
+                                     float(prob[k]) if prob is not None else float("nan"), verdict, figures[i])
     return said
 
 
 def learner_decision(learn) -> Decision:
-    "The learner's decision (its loss function holds it, for `decodes`); the default one for a learner without."
-    return getattr(learn.loss_func, "decision", None) or Decision()
+    "The learner's decision (`learner.CovfastLearner.decision`); the default one for a learner without."
+    return getattr(learn, "decision", None) or Decision()

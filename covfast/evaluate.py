@@ -17,6 +17,7 @@ from .dataset import canonical_root, check_tree, scan_tree
 from .decision import EMPTY, FLAGGED, OUTCOMES, OUTLINED, Decision, learner_decision, predict_one
 from .errors import CovfastError, format_problems
 from .inference import Run, iter_outputs, load_run
+from .outputs import figure_labels
 from .metrics import (band_agreement, bootstrap_auc, bootstrap_ci, confusion_counts, dice_from_counts, infected,
                       infection_pct, iou_from_counts, pooled_dice, pooled_iou, sensitivity, SEVERITY_BANDS, severity_band,
                       severity_correlation, severity_mae, specificity)
@@ -80,7 +81,7 @@ def score_items(learn, items: pd.DataFrame, bs: int | None = None, progress=None
             ltp, lfp, lfn = confusion_counts(torch.from_numpy(lungs)[None], torch.from_numpy(lung)[None])[0].tolist()
             row.update(lung_dice=float(dice_from_counts(ltp, lfp, lfn)), lung_iou=float(iou_from_counts(ltp, lfp, lfn)),
                        pred_pct_pred_lung=infection_pct(pred, lungs))
-        rows.append({**row, "loss": float(learn.loss_func(out, target[None])), "image": item.image})
+        rows.append({**row, **said.figures, "loss": float(learn.loss_func(out, target[None])), "image": item.image})
     return pd.DataFrame(rows)
 
 
@@ -124,6 +125,7 @@ def summarize(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
             "severity_correlation_pred_lung": severity_correlation(pred_lung_pct, g.true_pct_lung),
             "severity_band_agreement_pred_lung": band_agreement(pred_lung_pct, g.true_pct_lung),
             "no_pred_lung": int(((g.get("lung_dice", pd.Series(np.nan, index=g.index)).notna()) & pred_lung_pct.isna()).sum()),
+            **{c: g[c].mean() for c in figure_labels() if c in g},  # what the model's other outputs declare, mean
         })
     return pd.DataFrame(rows)
 

@@ -145,7 +145,7 @@ def export(
                                 f"subtract mean and divide by std per channel. onnx_predict.py beside this file does all of "
                                 f"it, with NumPy and Pillow"),
                   "mean": list(mean), "std": list(std)},
-        "outputs": {o.name: o.sidecar for o in OUTPUTS if o.name in names and o.sidecar},
+        "outputs": {o.name: o.sidecar for o in OUTPUTS.values() if o.name in names and o.sidecar},
         "to_xray": ("resize the logits to the X-ray's size (bilinear, half-pixel centres: PyTorch's align_corners=False) "
                     "before taking the masks"),
         "standalone": ("python onnx_predict.py EXPORT_DIR XRAY... --out DIR: <stem>.png infection masks (0/255) and the "

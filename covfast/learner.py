@@ -16,7 +16,7 @@ from torch import nn
 
 from .callbacks import QuietConsoleBars
 from .data import covid_dataloaders, loader_settings
-from .decision import Decision, image_probability, learner_decision, predicted_lung
+from .decision import Decision, image_probability, predicted_lung
 from .errors import CovfastError
 from .figures import plot_cases
 from .losses import SegLoss
@@ -65,7 +65,24 @@ def build_model(
 
 
 class CovfastLearner(Learner):
-    "A fastai Learner whose `show_results` titles each prediction with the image head's probability, the decision and its Dice."
+    """A fastai Learner that holds its run's settings (`spec`) and decision (`decision`): `get_preds(with_decoded=True)`
+    decodes with that decision, and `show_results` titles each prediction with the image head's probability, the
+    verdict and its Dice."""
+
+    def __init__(self, dls: DataLoaders, model: nn.Module, spec: RunSpec, decision: Decision | None = None, **kwargs):
+        super().__init__(dls, model, **kwargs)
+        self.spec = spec
+        self.decision = decision or Decision(gate_topk=spec.gate_topk)
+
+    def get_preds(self, ds_idx: int = 1, dl=None, with_input: bool = False, with_decoded: bool = False, act=None,
+                  **kwargs) -> tuple:
+        """fastai's `get_preds`; the decoded predictions (`with_decoded=True`) are the infection masks of the run's
+        decision, (B, H, W) 0/1, made from the activated outputs (from the raw ones when `act` is given)."""
+        res = list(super().get_preds(ds_idx, dl, with_input=with_input, act=act, **kwargs))
+        if with_decoded:  # where fastai puts the loss function's decodes: after the predictions and the targets
+            i = 1 if with_input else 0
+            res.insert(i + 2, self.decision.apply(res[i], activated=act is None).long())
+        return tuple(res)
 
     def show_results(self, ds_idx: int = 1, dl=None, max_n: int = 9, shuffle: bool = True,
                      figsize: tuple[float, float] | None = None) -> pd.DataFrame:
@@ -84,7 +101,7 @@ class CovfastLearner(Learner):
         if probs is not None:
             table.insert(1, "p_covid", probs[:n].tolist())
             # the verdict in the words every covfast file uses (`decision.OUTCOMES`), of the masks drawn below
-            table.insert(2, "decision", learner_decision(self).outcomes(preds, decoded > 0, activated=True)[:n])
+            table.insert(2, "decision", self.decision.outcomes(preds, decoded > 0, activated=True)[:n])
         # the X-rays as they went in: undo the ImageNet normalisation of the first channel (the three are equal)
         mean, std = imagenet_stats[0][0], imagenet_stats[1][0]
         grays = ((b[0][:n, 0].float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().numpy()
@@ -127,7 +144,7 @@ def covfast_learner(
     else:
         status = Pretrained(False, "--no-pretrained")
     stats = SegmentationStats()
-    common = dict(loss_func=SegLoss(spec, decision), opt_func=Adam, cbs=[stats, QuietConsoleBars()],
+    common = dict(loss_func=SegLoss(spec), opt_func=Adam, cbs=[stats, QuietConsoleBars()],
                   metrics=segmentation_metrics(stats, spec.image_head, spec.lungs))
     if entry is not None:
         # DynamicUnet sizes its decoder on a batch, as fastai's unet_learner does
@@ -135,10 +152,9 @@ def covfast_learner(
         model = build_model(spec, img_size=size, pretrained=status.used)
     if entry is not None and entry.splitter is not None:
         common["splitter"] = entry.splitter(spec.arch)
-    learn = CovfastLearner(dls, model, **common)
+    learn = CovfastLearner(dls, model, spec, decision, **common)
     if status.used:
         learn.freeze()  # a pretrained encoder comes frozen, as unet_learner leaves it
-    learn.covfast_spec = spec
     use_precision(learn, resolve_precision(spec.precision, dls.device))
     return learn, status
 

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from fastai.losses import CrossEntropyLossFlat, DiceLoss
 from fastai.torch_core import TensorBase
 
-from .decision import Decision
 from .metrics import has_infection
 from .outputs import ModelOutput, activate, as_output, model_output
 from .spec import RunSpec
@@ -22,13 +21,11 @@ class SegLoss:
     mask itself: a non-empty infection mask means COVID-19, + `spec.lung_weight` x the same cross-entropy + Dice
     on the `lung` output against the lung masks (when the model has it and the batch holds them).
 
-    It holds the run's `decision`: `decodes` (what `get_preds(with_decoded=True)` returns) and, through
-    `decision.learner_decision`, every metric and prediction path apply it.
+    It decides nothing: the run's decision is the learner's (`learner.CovfastLearner.decision`).
     """
 
-    def __init__(self, spec: RunSpec, decision: Decision | None = None):
+    def __init__(self, spec: RunSpec):
         self.spec = spec
-        self.decision = decision or Decision(gate_topk=spec.gate_topk)
         self.ce = CrossEntropyLossFlat(axis=1)
         # 'mean', not fastai's default 'sum': the loss scale must not grow with the batch size
         self.dice = DiceLoss(axis=1, reduction="mean")
@@ -53,7 +50,3 @@ class SegLoss:
     def activation(self, out: ModelOutput | torch.Tensor) -> ModelOutput:
         "Softmax over each segmentation's channels, the sigmoid of the image logit: the outputs as probabilities."
         return model_output(**activate(out))
-
-    def decodes(self, probs: ModelOutput) -> torch.Tensor:
-        "The infection masks of the run's decision, from `activation`'s output."
-        return self.decision.apply(probs, activated=True).long()

@@ -1,8 +1,8 @@
 """A model's named outputs: the infection logits, the image-level COVID-19 logit, the lung logits.
 
 Every covfast model returns a `ModelOutput`, and the loss, the metrics, the decision and inference read
-its fields by name (`out.infection`, `out.get("covid")`), so a new output is one more name here and one
-more field a model fills in. It is a tuple, so everything fastai does with a model's output
+its fields by name (`out.infection`, `out.get("covid")`), so a new output is one more `OutputKind` in
+`OUTPUTS` and one more field a model fills in. It is a tuple, so everything fastai does with a model's output
 (concatenation in `get_preds`, `to_float` under mixed precision, `to_detach`, reordering, distributed
 gathering) rebuilds it as `type(out)(items)`, which keeps the names.
 """
@@ -16,28 +16,43 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["OutputKind", "OUTPUTS", "OUTPUT_NAMES", "ModelOutput", "model_output", "as_output", "activate"]
+__all__ = ["Figure", "OutputKind", "OUTPUTS", "figure_labels", "ModelOutput", "model_output", "as_output", "activate",
+           "output_figures"]
+
+
+@dataclass(frozen=True)
+class Figure:
+    "One number per X-ray that a model output adds to predictions.csv, per_image.csv, the report and the page."
+    column: str  # its column in predictions.csv and per_image.csv
+    label: str  # how the page and the report name it
+    compute: Callable[[torch.Tensor], float]  # from the X-ray's activated output: a batch of 1, at the model's size
 
 
 @dataclass(frozen=True)
 class OutputKind:
-    "What one model output is, declared once: how it becomes a probability and what an export's sidecar says of it."
+    """What one model output is, declared once: how it becomes a probability, what an export's sidecar says of it,
+    and the per-X-ray figures it adds to every table and page (`figures`)."""
     name: str
     activation: str  # "softmax" over its channels (a segmentation), "sigmoid" (an image logit), or "" (none)
     sidecar: str  # what model.json says of it ("" for an output an export does not carry)
+    figures: tuple[Figure, ...] = ()
 
 
-# Every output a covfast model may return, in the order it returns them. A new output is one entry here, the
-# model head that fills it, and its loss term.
-OUTPUTS: tuple[OutputKind, ...] = (
+# Every output a covfast model may return, by name, in the order it returns them. A new output is one entry here
+# (with its `figures`, it reaches predictions.csv, per_image.csv, the report and the page), the model head that
+# fills it, and its loss term. The verdict, the lungs and severity are made from the first three by the decision.
+OUTPUTS: dict[str, OutputKind] = {o.name: o for o in (
     OutputKind("infection", "softmax", "logits (batch, 2, H, W): channel 1 infection, channel 0 background; infection "
                                        "where 1 > 0"),
     OutputKind("covid", "sigmoid", "logit (batch,): this X-ray has COVID-19 infection; sigmoid gives the probability"),
     OutputKind("lung", "softmax", "logits (batch, 2, H, W): channel 1 lung, channel 0 background"),
     OutputKind("attention", "", ""),  # (B, 1, h, w) the Attention U-Net's finest gate: inference only, when asked for
-)
-OUTPUT_NAMES: tuple[str, ...] = tuple(o.name for o in OUTPUTS)
-_KINDS = {o.name: o for o in OUTPUTS}
+)}
+
+
+def figure_labels() -> dict[str, str]:
+    "Every declared per-X-ray figure's column and label (`OutputKind.figures`)."
+    return {f.column: f.label for kind in OUTPUTS.values() for f in kind.figures}
 
 
 class ModelOutput(tuple):
@@ -97,11 +112,11 @@ def model_output_from(names: tuple[str, ...], items: Iterable[torch.Tensor]) -> 
 
 
 def model_output(**outputs: torch.Tensor | None) -> ModelOutput:
-    "A `ModelOutput` of the given outputs (None ones left out), in `OUTPUT_NAMES` order."
-    unknown = set(outputs) - set(OUTPUT_NAMES)
+    "A `ModelOutput` of the given outputs (None ones left out), in `OUTPUTS` order."
+    unknown = set(outputs) - set(OUTPUTS)
     if unknown:
-        raise ValueError(f"unknown model output {sorted(unknown)[0]!r}; known: {', '.join(OUTPUT_NAMES)}")
-    names = tuple(n for n in OUTPUT_NAMES if outputs.get(n) is not None)
+        raise ValueError(f"unknown model output {sorted(unknown)[0]!r}; known: {', '.join(OUTPUTS)}")
+    names = tuple(n for n in OUTPUTS if outputs.get(n) is not None)
     return model_output_from(names, (outputs[n] for n in names))
 
 
@@ -117,7 +132,18 @@ def activate(out: torch.Tensor | ModelOutput, names: Iterable[str] | None = None
     keep = set(out.names if names is None else names)
     done = {}
     for name, t in out.asdict().items():
-        kind = _KINDS[name].activation
+        kind = OUTPUTS[name].activation
         if name in keep and kind:
             done[name] = torch.sigmoid(t.float()) if kind == "sigmoid" else F.softmax(t.float(), dim=1)
     return done
+
+
+def output_figures(out: ModelOutput) -> list[dict[str, float]]:
+    "Per image of a batch of outputs, the figures its outputs declare (`OutputKind.figures`), by column."
+    out = as_output(out)
+    figures = [(name, f) for name in out.names for f in OUTPUTS[name].figures]
+    if not figures:
+        return [{} for _ in range(len(out[0]))]
+    activated = activate(out, {name for name, _ in figures})
+    return [{f.column: float(f.compute(activated.get(name, out.get(name))[i:i + 1])) for name, f in figures}
+            for i in range(len(out[0]))]

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .decision import EMPTY, FLAGGED, OUTCOMES, OUTLINED
+from .outputs import figure_labels
 
 __all__ = ["DISCLAIMER", "COLUMNS", "METRICS_DOC", "plain_value", "synthetic_banner", "html_table", "metrics_link", "html_page"]
 
@@ -127,7 +128,8 @@ def html_table(df: pd.DataFrame, index: bool = False, other: str | None = None) 
     names = [str(c[-1] if isinstance(c, tuple) else c) for c in shown.columns]
     heads, legend = [], {}
     for name in names:
-        heading, definition = COLUMNS.get(name, (name, other))
+        figure = figure_labels().get(name)  # a figure a model output declares (`outputs.OutputKind.figures`)
+        heading, definition = COLUMNS.get(name, (figure, f"{figure}, mean over the images") if figure else (name, other))
         if definition is None:
             raise KeyError(f"the pages have no definition of the column {name!r}")
         heads.append(f"<th title='{html.escape(definition, quote=True)}'>{html.escape(heading)}</th>")

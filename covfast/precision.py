@@ -13,7 +13,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.core import Callback
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.learner import Learner
 from fastcore.foundation import L
@@ -21,7 +21,8 @@ from torch.amp import GradScaler
 
 from .errors import CovfastError
 
-__all__ = ["PRECISIONS", "Precision", "cpu_runs_bf16", "resolve_precision", "DeviceMixedPrecision", "use_precision",
+__all__ = ["PRECISIONS", "Precision", "cpu_runs_bf16", "resolve_precision", "RunPrecision", "DeviceMixedPrecision",
+           "use_precision",
            "learner_precision", "memory_format", "autocast"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -79,8 +80,27 @@ def resolve_precision(requested: str, device: str | torch.device) -> Precision:
     return Precision("fp32", f"{device.type} device: fp32")
 
 
+class RunPrecision(Callback):
+    """What a learner computes in (`precision`) and whether its model and input batches are channels_last: held by
+    this callback, where covfast's own prediction path (`learner_precision`, `memory_format`, `autocast`) reads it.
+    It makes the model channels_last before each fit (as fastai's `ChannelsLast`) and each input batch before its
+    step, as the prediction path feeds them."""
+    order = -1  # before any callback that changes the model, as fastai's ChannelsLast
+
+    def __init__(self, precision: Precision, channels_last: bool):
+        self.precision, self.channels_last = precision, channels_last
+
+    def before_fit(self):
+        if self.channels_last:
+            self.learn.model.to(memory_format=torch.channels_last)
+
+    def before_batch(self):
+        if self.channels_last:
+            self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in self.xb)
+
+
 class DeviceMixedPrecision(MixedPrecision):
-    """fastai's `MixedPrecision` with autocast on the batches' own device, and channels_last input batches.
+    """fastai's `MixedPrecision` with autocast on the batches' own device.
 
     fastai 2.8 always opens `autocast('cuda')`, which does nothing for a model on the CPU; this one opens
     it on the CPU there (bf16 needs no loss scaling, so fastai's GradScaler stays disabled).
@@ -93,34 +113,34 @@ class DeviceMixedPrecision(MixedPrecision):
         self.kwargs["enabled"] = dtype == torch.float16
         self.autocast, self.learn.scaler, self.scales = torch.autocast(device, dtype=dtype), GradScaler(device, **self.kwargs), L()
 
-    def before_batch(self):
-        self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in self.xb)
-        super().before_batch()
-
 
 def use_precision(learn: Learner, precision: Precision) -> Precision:
-    """Set `learn` up for `precision`: channels_last model and `DeviceMixedPrecision` for bf16/fp16, channels_last
-    alone for fp32 on CUDA (as fast there), nothing for fp32 elsewhere. `learn.covfast_precision` holds it."""
-    device = torch.device(learn.dls.device or "cpu")
-    learn.covfast_channels_last = precision.dtype is not None or device.type == "cuda"
+    """Set `learn` up for `precision`: channels_last model and batches and `DeviceMixedPrecision` for bf16/fp16,
+    channels_last alone for fp32 on CUDA (as fast there), nothing for fp32 elsewhere; a `RunPrecision` callback
+    holds what was chosen."""
+    channels_last = precision.dtype is not None or torch.device(learn.dls.device or "cpu").type == "cuda"
+    learn.add_cb(RunPrecision(precision, channels_last))
     if precision.dtype is not None:
-        learn.add_cbs([ChannelsLast(), DeviceMixedPrecision(AMPMode(precision.mode))])
-    elif learn.covfast_channels_last:
-        learn.add_cb(ChannelsLast())
-    if learn.covfast_channels_last:
-        learn.model.to(memory_format=torch.channels_last)  # now, for inference too (ChannelsLast acts at fit)
-    learn.covfast_precision = precision
+        learn.add_cb(DeviceMixedPrecision(AMPMode(precision.mode)))
+    if channels_last:
+        learn.model.to(memory_format=torch.channels_last)  # now, for inference too (the callback acts at fit)
     return precision
+
+
+def _run_precision(learn: Learner) -> RunPrecision | None:
+    return next((cb for cb in learn.cbs if isinstance(cb, RunPrecision)), None)
 
 
 def learner_precision(learn: Learner) -> Precision:
     "The precision `use_precision` gave `learn`; fp32 for a learner it never saw."
-    return getattr(learn, "covfast_precision", None) or Precision("fp32", "default")
+    held = _run_precision(learn)
+    return held.precision if held is not None else Precision("fp32", "default")
 
 
 def memory_format(learn: Learner) -> torch.memory_format:
     "The memory format `use_precision` chose for the model's input batches."
-    return torch.channels_last if getattr(learn, "covfast_channels_last", False) else torch.contiguous_format
+    held = _run_precision(learn)
+    return torch.channels_last if held is not None and held.channels_last else torch.contiguous_format
 
 
 def autocast(learn: Learner):

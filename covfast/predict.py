@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterator
 from pathlib import Path
@@ -20,6 +20,7 @@ from .figures import captioned, overlay
 from .inputs import collect_images
 from .inference import iter_batches, load_run, run_record, uncalibrated_note
 from .metrics import infection_pct, severity_band_name
+from .outputs import figure_labels
 from .runs import resolve_run, run_subdir
 
 __all__ = ["COLUMNS", "CAPTION_NOTE", "PredictFailure", "Outline", "outline", "predict",
@@ -147,7 +148,8 @@ def predict(
                 given = _given_lung(Path(lung_masks) / f.name, _cached_xray(str(f)).shape, fail) if lung_masks else None
                 pending.append(pool.submit(_write, f, _unique_stem(f, taken), predicted, given, out))
             rows = [p.result() for p in pending]
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    # then the figures the model's other outputs declare (`outputs.OutputKind.figures`), where it has them
+    table = pd.DataFrame(rows, columns=COLUMNS + [c for c in figure_labels() if any(c in row for row in rows)])
     # four decimals say all a probability or a percentage of these masks can (17 digits said noise)
     table.round({"p_covid": 4, "infection_pct_image": 4, "infection_pct_of_lung": 4}).to_csv(out / "predictions.csv", index=False)
     return table, failures, out
@@ -196,6 +198,7 @@ class Outline:
     pct: float  # infection % of lung (NaN: no lungs to measure with, or empty ones)
     overlay: np.ndarray  # RGB: infection red, lungs outlined cyan
     caption: str  # what the overlay files carry below the picture
+    figures: dict[str, float] = field(default_factory=dict)  # what the model's other outputs declare (`OutputKind.figures`)
 
     def row(self) -> dict:
         "Its figures, as predictions.csv holds them."
@@ -203,7 +206,7 @@ class Outline:
                 "infected_pixels": int(self.mask.sum()), "infection_pct_image": 100.0 * self.mask.mean(),
                 "lung_pixels": int(self.lung.sum()) if self.lung is not None else None, "infection_pct_of_lung": self.pct,
                 "severity_band": severity_band_name(self.pct) if self.lung is not None else "",
-                "lung_source": self.lung_source}
+                "lung_source": self.lung_source, **self.figures}
 
 
 def outline(output, gray: np.ndarray, decision, given_lung: np.ndarray | None = None) -> Outline:
@@ -217,7 +220,7 @@ def _outline(gray: np.ndarray, said: Prediction, given_lung: np.ndarray | None) 
     lung, source = (given_lung, "given") if given_lung is not None else (predicted, "predicted" if predicted is not None else "")
     pct = infection_pct(mask, lung) if lung is not None else float("nan")
     return Outline(gray, mask, p, decided, lung, source, predicted, pct, overlay(gray, mask, lung=lung),
-                   caption(decided, p, pct))
+                   caption(decided, p, pct), said.figures)
 
 
 def _torch_predictions(learn, decision, items: pd.DataFrame, bs: int, progress) -> Iterator[tuple[int, Prediction]]:

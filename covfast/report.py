@@ -14,6 +14,7 @@ from .decision import EMPTY, FLAGGED, OUTLINED
 from .evaluate import band_confusion, confusion_table, evaluated, reference_table
 from .figures import case_figure, plot_history, roc_figure, severity_figure
 from .inference import load_run
+from .outputs import figure_labels
 from .pages import html_page, html_table, metrics_link, plain_value, synthetic_banner
 from .runs import read_history, run_subdir
 from .synth import is_synthetic
@@ -66,6 +67,7 @@ def report(run: str | Path, split: str = "Test", config: Config | None = None, d
     where = (f"<p class='note'>Scored on the {html.escape(split)} images of {html.escape(scored)}"
              + ("" if scored == canonical_root(spec.data_root) else
                 f", not the data the run was trained on ({html.escape(spec.data_root)})") + ".</p>")
+    cols += [c for c in figure_labels() if c in summary]  # the means of what the model's other outputs declare
     sections.append((f"Evaluation on {split}", where + html_table(summary[cols]) + pooled + reference))
     if "p_covid" in per_image and per_image.p_covid.notna().all():
         threshold = decision.threshold

@@ -27,6 +27,7 @@ from .errors import CovfastError
 from .figures import readable
 from .inference import Run, iter_outputs, load_run, uncalibrated_note
 from .metrics import severity_band_name
+from .outputs import figure_labels
 from .pages import DISCLAIMER
 from .predict import Outline, outline
 from .synth import is_synthetic
@@ -73,6 +74,8 @@ def _said(result: Outline, run: Run) -> str:
         lines.append(f"**Infection % of lung**: {share}")
     else:
         lines.append("**Infection % of lung**: this run has no lung output (it was trained before covfast outlined the lungs)")
+    labels = figure_labels()
+    lines += [f"**{labels[column]}**: {value:.4g}" for column, value in result.figures.items()]
     return "\n\n".join(lines)
 
 

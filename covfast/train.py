@@ -6,6 +6,7 @@ import contextlib
 import functools
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -257,23 +258,30 @@ def resume(
         learn, _ = learner_for_spec(spec, device=run_device or device, num_workers=num_workers, pretrained=False, warn=False)
         learn.path = run_dir
         record.update(spec.to_json(), device=str(learn.dls.device), **_precision_fields(learn, spec.precision))
+        state = None
         if ckpt:
             load_model_weights(learn.model, ckpt["model"], run_dir / "checkpoint.pth")
-            learn._resume_opt = ckpt["opt"]
             if "history" in ckpt and distributed.is_main():
                 # the checkpoint's rows are the truth: a kill between writing it and history.csv left the csv behind
                 write_history(run_dir, pd.DataFrame(ckpt["history"]))
-            if "random" in ckpt:
-                learn._resume_random = ckpt["random"]
-            learn._resume_smooth = ckpt.get("smooth_loss")
+            state = ResumeState(ckpt["opt"], ckpt.get("random"), ckpt.get("smooth_loss"))
         if distributed.is_main():
             say(f"Resuming {run_dir} after epoch {completed} of {spec.epochs}")
-        return _fit(learn, run_dir, spec, record, completed=completed, cbs=cbs, say=say)
+        return _fit(learn, run_dir, spec, record, completed=completed, cbs=cbs, say=say, resumed=state)
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    "What a checkpoint gives back beside the weights: the optimizer's state, the random states, the smoothed loss."
+    opt: dict[str, Any]
+    random: dict[str, Any] | None  # checkpoints of older covfast versions have none
+    smooth_loss: float | None
 
 
 def _fit(learn: Learner, run_dir: Path, spec: RunSpec, cfg: dict[str, Any], completed: int, cbs: list | None,
-         say: Say) -> Path:
-    "The one-cycle phases (a frozen epoch first for a pretrained encoder), resumable after any epoch; `cfg` is config.json's record."
+         say: Say, resumed: ResumeState | None = None) -> Path:
+    """The one-cycle phases (a frozen epoch first for a pretrained encoder), resumable after any epoch; `cfg` is
+    config.json's record; `resumed`: a checkpoint's state, restored just before the first batch it belongs to."""
     lr, epochs, frozen = cfg["lr_used"], spec.epochs, cfg.get("freeze_epochs", 0)
     # (first global epoch, epochs, learning rate, train the encoder?)
     phases = ([(0, frozen, lr, False)] if frozen else []) + [(frozen, epochs - frozen, slice(lr / 200, lr / 2) if frozen else lr, True)]
@@ -294,13 +302,12 @@ def _fit(learn: Learner, run_dir: Path, spec: RunSpec, cfg: dict[str, Any], comp
                 learn.freeze()
             learn.create_opt()
             smooth = None
-            if getattr(learn, "_resume_opt", None) is not None and completed > start:  # resuming inside this phase
-                learn.opt.load_state_dict(learn._resume_opt)
-                smooth = getattr(learn, "_resume_smooth", None)
-            learn._resume_opt = learn._resume_smooth = None
-            if getattr(learn, "_resume_random", None) is not None:
-                restore_random_states(learn, learn._resume_random)  # last, just before the first batch it feeds
-                learn._resume_random = None
+            if resumed is not None and completed > start:  # resuming inside this phase
+                learn.opt.load_state_dict(resumed.opt)
+                smooth = resumed.smooth_loss
+            if resumed is not None and resumed.random is not None:
+                restore_random_states(learn, resumed.random)  # last, just before the first batch it feeds
+            resumed = None  # once: a later phase starts afresh
             with context():
                 learn.fit_one_cycle(n, lr_max, start_epoch=max(0, completed - start),
                                     cbs=[*([RunDirCallback(run_dir, epoch_offset=start, smooth_loss=smooth)] if main else []),

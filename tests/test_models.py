@@ -82,3 +82,52 @@ def test_a_new_architecture_is_one_registry_entry(monkeypatch, synth_root):
     assert not torch.equal(before, learn.model.conv.weight)
     # the training CLI refuses a typo without it, and takes it by name
     assert "unknown architecture" in CliRunner().invoke(app, ["train", "nosuch"]).stderr
+
+
+def test_a_new_output_is_one_declaration(monkeypatch, synth_root, tmp_path):
+    """An output declared in `outputs.OUTPUTS` with a per-X-ray figure, filled by a model, reaches predictions.csv,
+    per_image.csv and summary.csv, the report, the page and the export's sidecar, with nothing else changed."""
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from covfast import archs, outputs
+    from covfast.cli import app
+    from covfast.inference import load_run
+    from covfast.serve import _said, analyse
+
+    class Spread(torch.nn.Module):  # infection and image head from one layer; a "spread" map of logit 0 everywhere
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.Linear(3, 1)
+
+        def forward(self, x):
+            return outputs.model_output(infection=self.conv(x), covid=self.fc(x.mean((2, 3)))[:, 0],
+                                        spread=torch.zeros_like(x[:, :1]))
+
+    mean = outputs.Figure("spread_mean", "mean spread", lambda p: p.mean())  # of sigmoid(0): 0.5 on every X-ray
+    monkeypatch.setitem(outputs.OUTPUTS, "spread", outputs.OutputKind("spread", "sigmoid", "logits (batch, 1, H, W): "
+                                                                       "the spread", (mean,)))
+    monkeypatch.setitem(archs.ARCHS, "spread", archs.Arch("spread", "a test model", build=lambda *a: Spread()))
+    monkeypatch.chdir(tmp_path)
+    run = lambda *args: CliRunner().invoke(app, [str(a) for a in args])  # noqa: E731
+    done = run("train", "spread", "--data", synth_root, "--size", "32", "--bs", "4", "--epochs", "1",
+               "--lung-weight", "0", "--precision", "fp32", "--name", "s")
+    assert done.exit_code == 0, done.output
+    test = synth_root / "Infection Segmentation Data" / "Test"
+    assert run("predict", "s", test / "COVID-19" / "images", "--out", "p").exit_code == 0
+    assert pd.read_csv(tmp_path / "p" / "predictions.csv").spread_mean.eq(0.5).all()
+    assert run("evaluate", "s", "--split", "Test").exit_code == 0
+    assert pd.read_csv(tmp_path / "runs" / "s" / "eval" / "Test" / "per_image.csv").spread_mean.eq(0.5).all()
+    assert pd.read_csv(tmp_path / "runs" / "s" / "eval" / "Test" / "summary.csv").spread_mean.eq(0.5).all()
+    assert run("report", "s").exit_code == 0
+    assert "<th title='mean spread, mean over the images'>mean spread</th>" in \
+        (tmp_path / "runs" / "s" / "report" / "index.html").read_text()
+    learn, loaded = load_run("s", precision="fp32")
+    xray = next((test / "COVID-19" / "images").iterdir())
+    assert "**mean spread**: 0.5" in _said(analyse(learn, loaded, xray), loaded)
+    done = run("export", "s")
+    assert done.exit_code == 0, done.output
+    sidecar = json.loads((tmp_path / "runs" / "s" / "export" / "model.json").read_text())
+    assert sidecar["outputs"]["spread"] == "logits (batch, 1, H, W): the spread"
