@@ -4,6 +4,7 @@ import torch
 from covfast.errors import CovfastError
 from covfast.learner import build_model
 from covfast.models import AttentionUNet, check_arch
+from covfast.models.attention_unet import AttentionGate
 from covfast.spec import RunSpec
 
 
@@ -22,12 +23,20 @@ def test_attention_unet_any_input_size(shape):
     assert torch.equal(model(x).infection, out)
 
 
-def test_attention_gate_multiplies_skip_by_map():
-    model = AttentionUNet(3, 2, features=(4, 8)).eval()
-    gate = model.gates[0]
-    g, x = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+def test_attention_gate_weighs_the_skip_by_sigmoid_of_the_joint_signal():
+    "Hand-computed: 1x1 weights of 1, no bias, fresh BatchNorm (identity in eval): alpha = sigmoid(relu(g + x))."
+    gate = AttentionGate(1, 1, 1).eval()
+    with torch.no_grad():
+        for conv in (gate.w_g[0], gate.w_x[0], gate.psi[0]):
+            conv.weight.fill_(1.0)
+        gate.psi[0].bias.zero_()
+    g = torch.tensor([[[[-3.0, 0.0], [1.0, 2.0]]]])
+    x = torch.tensor([[[[1.0, 1.0], [1.0, -1.0]]]])
     gated, alpha = gate(g, x)
-    assert torch.allclose(gated, x * alpha)
+    # relu(g + x) = [[0, 1], [2, 1]]: where signal and skip cancel out the skip passes at half
+    expected = torch.tensor([[[[0.5, 0.7310586], [0.8807971, 0.7310586]]]])
+    assert torch.allclose(alpha, expected, atol=1e-4)
+    assert torch.allclose(gated, torch.tensor([[[[0.5, 0.7310586], [0.8807971, -0.7310586]]]]), atol=1e-4)
 
 
 def test_bad_widths_raise():
