@@ -5,9 +5,9 @@ Images: a model with the image-level head outlines an image only when the head's
 the run's threshold (0.5 until `covfast calibrate` chooses one on Val); at or below it the mask is empty.
 Runs made before the head may instead carry the pixel-evidence gate (an image is outlined only when the
 mean infection margin of its `gate_topk` most confident pixels is above `gate_margin`). A model with the
-lung output may keep the infection inside its predicted lungs (`inside_lungs`). A `Decision`
-holds all of it; the learner holds the run's (`get_preds(with_decoded=True)` decodes with it), and the training
-metrics, evaluate, calibrate, predict and report all call `Decision.apply`, and `Decision.load` reads it from a run's calibration.json.
+lung output may keep the infection inside its predicted lungs (`inside_lungs`). A `Decision` holds all of it.
+The learner holds the run's (`get_preds(with_decoded=True)` decodes with it); the training metrics, evaluate,
+calibrate, predict and report all call `Decision.apply`; `Decision.load` reads it from a run's calibration.json.
 
 The verdict on an X-ray is one of three `OUTCOMES`, named by `outcome` from what the decision did, and every
 file, page and table says it with these words: an outline ('COVID-19 infection'); nothing outlined because
@@ -34,8 +34,7 @@ from .portable import EMPTY, FLAGGED, OUTCOMES, OUTLINED
 from .runs import read_json
 
 __all__ = ["CALIBRATION_FILE", "OUTLINED", "FLAGGED", "EMPTY", "OUTCOMES", "outcome", "predicted_infection", "predicted_lung", "image_probability", "evidence_scores", "Decision",
-           "Prediction", "predict_one", "predict_batch", "BATCH_PIXELS",
-           "learner_decision"]
+           "Prediction", "predict_one", "predict_batch", "BATCH_PIXELS", "learner_decision"]
 
 # written by `covfast calibrate`, read by `Decision.load`
 CALIBRATION_FILE = "calibration.json"

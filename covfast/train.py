@@ -32,7 +32,7 @@ from .runs import (RunLock, load_checkpoint, load_model_weights, new_run_dir, re
 from .spec import RunSpec
 from .synth import is_synthetic
 
-__all__ = ["TrainingDiverged", "TrainingInterrupted", "check_training_data", "train", "resume", "best_epoch",
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "check_training_data", "train", "ResumeState", "resume", "best_epoch",
            "training_summary", "lr_find_doubt", "find_lr"]
 
 Say = Callable[[str], None]
@@ -227,6 +227,14 @@ def _new_run_dir(runs_dir: str | Path, name: str | None, slug: str) -> Path:
     return made
 
 
+@dataclass(frozen=True)
+class ResumeState:
+    "What a checkpoint gives back beside the weights: the optimizer's state, the random states, the smoothed loss."
+    opt: dict[str, Any]
+    random: dict[str, Any] | None  # checkpoints of older covfast versions have none
+    smooth_loss: float | None
+
+
 def resume(
     run: str | Path,  # the run directory, or its name under runs_dir
     given: Mapping[str, Any] | None = None,  # the flags given with --resume (RunSpec field names; None: not given): any that differs is refused
@@ -269,13 +277,6 @@ def resume(
             say(f"Resuming {run_dir} after epoch {completed} of {spec.epochs}")
         return _fit(learn, run_dir, spec, record, completed=completed, cbs=cbs, say=say, resumed=state)
 
-
-@dataclass(frozen=True)
-class ResumeState:
-    "What a checkpoint gives back beside the weights: the optimizer's state, the random states, the smoothed loss."
-    opt: dict[str, Any]
-    random: dict[str, Any] | None  # checkpoints of older covfast versions have none
-    smooth_loss: float | None
 
 
 def _fit(learn: Learner, run_dir: Path, spec: RunSpec, cfg: dict[str, Any], completed: int, cbs: list | None,
