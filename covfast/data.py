@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +15,19 @@ from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
 from fastai.torch_core import TensorMask
 from fastai.vision.core import AddMaskCodes, PILImage, PILMask, imagenet_stats
 from matplotlib.colors import ListedColormap
-from PIL import Image
 
-from . import portable
 from .config import CLASSES
 from .dataset import scan_tree
 from .errors import CovfastError
+from .inputs import (_cached_mask, _cached_xray, clear_cache, mask_pixels, read_mask, read_xray,  # noqa: F401
+                     xray_pixels)  # read in covfast/inputs.py (no fastai); covfast.data's names too
+from .outputs import CODES, LUNG_CODES  # noqa: F401  (covfast.data's names too)
 
 __all__ = ["CODES", "LUNG_CODES", "InfectionMask", "LungMask", "ItemCacheDL", "PILInfectionMask", "PILLungMask", "read_xray",
            "read_mask", "xray_pixels", "mask_pixels", "load_xray", "load_mask", "load_lung_mask", "XRayBlock", "SegmentationBlock",
            "xray_augmentations", "covid_datablock", "training_items", "covid_dataloaders", "inference_dataloaders",
            "loader_settings", "clear_cache"]
 
-# Output channel i of every model is class i: 0 background, 1 infection (the lung output: 0 background, 1 lung).
-CODES: list[str] = ["background", "infection"]
-LUNG_CODES: list[str] = ["background", "lung"]
 
 
 # Background transparent, infection red (the reference study's overlay colour), lungs cyan.
@@ -60,49 +57,6 @@ class PILInfectionMask(PILMask):
 class PILLungMask(PILMask):
     "A PILMask that becomes a `LungMask` tensor."
     _tensor_cls = LungMask
-
-
-def read_xray(path: str | Path) -> np.ndarray:
-    """Any PNG/JPEG X-ray (8- or 16-bit, grayscale or RGB), or a DICOM one, -> uint8 HxW grayscale (`portable.read_xray`,
-    what an export's standalone prediction reads with too); what cannot be read is one CovfastError."""
-    try:
-        return portable.read_xray(path)
-    except portable.XrayError as e:
-        raise CovfastError(str(e)) from None
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    "A 0/255 mask PNG -> uint8 0/1; any other value is an error that names the file."
-    with Image.open(path) as im:
-        arr = np.asarray(im)
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    bad = np.setdiff1d(np.unique(arr), (0, 255))
-    if bad.size:
-        raise CovfastError(f"non-binary mask {path}: holds {', '.join(map(str, bad[:5]))} besides 0 and 255; "
-                           f"run `covfast data check` on the tree")
-    return (arr > 127).astype(np.uint8)
-
-
-# Decode each PNG once per process: on CPU the model is the only thing an epoch should pay for.
-_cached_xray = lru_cache(maxsize=None)(read_xray)
-_cached_mask = lru_cache(maxsize=None)(read_mask)
-
-
-def clear_cache() -> None:
-    "Forget every decoded PNG (after files changed on disk)."
-    _cached_xray.cache_clear()
-    _cached_mask.cache_clear()
-
-
-def xray_pixels(item: str | Path | np.ndarray) -> np.ndarray:
-    "An X-ray item (a file, decoded once per process, or an HxW uint8 array) as HxW uint8 gray."
-    return item if isinstance(item, np.ndarray) else _cached_xray(str(item))
-
-
-def mask_pixels(item: str | Path | np.ndarray) -> np.ndarray:
-    "A mask item (a 0/255 file, decoded once per process, or an HxW 0/1 array) as HxW uint8 0/1."
-    return item.astype(np.uint8) if isinstance(item, np.ndarray) else _cached_mask(str(item))
 
 
 def load_xray(item: str | Path | np.ndarray) -> PILImage:

@@ -1,4 +1,5 @@
-"""The X-ray files a user names: files as given, image files inside folders, a COVID-QU-Ex tree's masks left out.
+"""The X-ray files a user names, and reading them: files as given, image files inside folders, a COVID-QU-Ex
+tree's masks left out; X-rays and masks decoded once per process.
 
 Light on purpose (no torch, no fastai): the CLI checks what `covfast predict` was given with it before the
 model's libraries load, so a wrong path is refused at once.
@@ -6,13 +7,19 @@ model's libraries load, so a wrong path is refused at once.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from . import portable
 from .dataset import SUBDIRS
 from .errors import CovfastError
 from .portable import DICOM_SUFFIXES
 
-__all__ = ["IMAGE_SUFFIXES", "MASK_FOLDERS", "check_paths", "collect_images"]
+__all__ = ["IMAGE_SUFFIXES", "MASK_FOLDERS", "check_paths", "collect_images", "read_xray", "read_mask", "clear_cache",
+           "xray_pixels", "mask_pixels"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
 # the mask folders of a COVID-QU-Ex tree: the PNGs in them are masks, not X-rays
@@ -50,3 +57,46 @@ def collect_images(paths: list[str | Path], say=None) -> list[Path]:
         raise CovfastError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}"
                            + (f" besides {skipped} masks in mask folders" if skipped else ""))
     return files
+
+
+def read_xray(path: str | Path) -> np.ndarray:
+    """Any PNG/JPEG X-ray (8- or 16-bit, grayscale or RGB), or a DICOM one, -> uint8 HxW grayscale (`portable.read_xray`,
+    what an export's standalone prediction reads with too); what cannot be read is one CovfastError."""
+    try:
+        return portable.read_xray(path)
+    except portable.XrayError as e:
+        raise CovfastError(str(e)) from None
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    "A 0/255 mask PNG -> uint8 0/1; any other value is an error that names the file."
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    bad = np.setdiff1d(np.unique(arr), (0, 255))
+    if bad.size:
+        raise CovfastError(f"non-binary mask {path}: holds {', '.join(map(str, bad[:5]))} besides 0 and 255; "
+                           f"run `covfast data check` on the tree")
+    return (arr > 127).astype(np.uint8)
+
+
+# Decode each PNG once per process: on CPU the model is the only thing an epoch should pay for.
+_cached_xray = lru_cache(maxsize=None)(read_xray)
+_cached_mask = lru_cache(maxsize=None)(read_mask)
+
+
+def clear_cache() -> None:
+    "Forget every decoded PNG (after files changed on disk)."
+    _cached_xray.cache_clear()
+    _cached_mask.cache_clear()
+
+
+def xray_pixels(item: str | Path | np.ndarray) -> np.ndarray:
+    "An X-ray item (a file, decoded once per process, or an HxW uint8 array) as HxW uint8 gray."
+    return item if isinstance(item, np.ndarray) else _cached_xray(str(item))
+
+
+def mask_pixels(item: str | Path | np.ndarray) -> np.ndarray:
+    "A mask item (a 0/255 file, decoded once per process, or an HxW 0/1 array) as HxW uint8 0/1."
+    return item.astype(np.uint8) if isinstance(item, np.ndarray) else _cached_mask(str(item))

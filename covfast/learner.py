@@ -22,6 +22,7 @@ from .figures import plot_cases
 from .losses import SegLoss
 from .metrics import SegmentationStats, confusion_counts, dice_from_counts, has_infection, segmentation_metrics
 from .archs import arch_entry, check_arch
+from .device import pick_device  # noqa: F401  (covfast.learner's name too)
 from .precision import resolve_precision, use_precision
 from .spec import RunSpec
 
@@ -197,14 +198,3 @@ def learner_for_spec(spec: RunSpec, device: str | torch.device | None = None, nu
         torch.backends.cudnn.benchmark = True
     dls = spec_dataloaders(spec, device, num_workers, **dl_kwargs)
     return covfast_learner(dls, spec, decision, pretrained, warn, model=model)
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    "'cpu', 'cuda' (or 'cuda:N') or None/'auto' (CUDA when present)."
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).split(":")[0] not in ("cpu", "cuda"):
-        raise CovfastError(f"--device {device!r} is not a device covfast runs on; use cpu or cuda (or cuda:N)")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise CovfastError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    return torch.device(device)

@@ -16,8 +16,13 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Figure", "OutputKind", "OUTPUTS", "figure_labels", "ModelOutput", "model_output", "as_output", "activate",
+__all__ = ["CODES", "LUNG_CODES", "Figure", "OutputKind", "OUTPUTS", "figure_labels", "ModelOutput", "model_output", "as_output", "activate",
            "output_figures"]
+
+
+# Output channel i of a segmentation is class i: 0 background, 1 infection (the lung output: 0 background, 1 lung).
+CODES: list[str] = ["background", "infection"]
+LUNG_CODES: list[str] = ["background", "lung"]
 
 
 @dataclass(frozen=True)

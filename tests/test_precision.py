@@ -5,7 +5,7 @@ import torch
 from fastai.callback.core import Callback
 from typer.testing import CliRunner
 
-import covfast.precision as precision_mod
+import covfast.device as device_mod
 from covfast.cli import app
 from covfast.config import Config
 from covfast.errors import CovfastError
@@ -33,7 +33,7 @@ def test_auto_is_fp32_on_a_cpu_without_native_bf16(monkeypatch):
 
 
 def test_auto_is_bf16_on_a_cpu_with_native_bf16(monkeypatch):
-    monkeypatch.setattr(precision_mod, "cpu_runs_bf16", lambda: True)
+    monkeypatch.setattr(device_mod, "cpu_runs_bf16", lambda: True)
     auto = resolve_precision("auto", "cpu")
     assert auto.mode == "bf16" and auto.dtype == torch.bfloat16
     assert resolve_precision("fp32", "cpu").mode == "fp32"
@@ -129,7 +129,7 @@ def test_a_learner_gets_the_precision_of_its_spec(synth_root, monkeypatch):
     from covfast.precision import DeviceMixedPrecision, learner_precision
     from covfast.spec import RunSpec
 
-    monkeypatch.setattr(precision_mod, "cpu_runs_bf16", lambda: True)
+    monkeypatch.setattr(device_mod, "cpu_runs_bf16", lambda: True)
     dls = covid_dataloaders(synth_root, img_size=32, bs=4, device="cpu", lungs=True)
     kinds = lambda learn: [type(cb) for cb in learn.cbs]  # noqa: E731
     learn, _ = covfast_learner(dls, RunSpec("attention-unet", features=(4, 8)))

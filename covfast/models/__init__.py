@@ -1,20 +1,20 @@
 """The models, and the builders, splitters and ImageNet-weight fetchers the architecture registry
 (`covfast.archs.ARCHS`) names: 'attention-unet', torchvision ResNets ('resnet18/34/50/101') and timm CNNs
-('timm/NAME')."""
+('timm/NAME').
+
+fastai and torchvision are imported by the builders that need them (the DynamicUnet ones): the Attention U-Net
+is built, loaded and run with PyTorch alone, so `covfast predict` on it starts in half the time."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 
-import torchvision
-from fastai.vision.learner import create_unet_model, model_meta
-from fastai.vision.models.unet import DynamicUnet
 from torch import nn
 
 from ..archs import DEFAULT_FEATURES, RESNETS, arch_slug, check_arch
-from ..data import CODES, LUNG_CODES
 from ..errors import CovfastError
+from ..outputs import CODES, LUNG_CODES
 from .attention_unet import AttentionGate, AttentionUNet
 from .image_head import ImageHead, UnetOutputs
 
@@ -35,6 +35,9 @@ def _outputs(spec) -> int:
 
 def build_torchvision_unet(spec, img_size: tuple[int, int] | None, pretrained: bool) -> nn.Module:
     "fastai's DynamicUnet on a torchvision ResNet, as `unet_learner` builds it, in `UnetOutputs`."
+    import torchvision
+    from fastai.vision.learner import create_unet_model
+
     img_size = img_size or (spec.img_size, spec.img_size)
     unet = create_unet_model(getattr(torchvision.models, spec.arch), _outputs(spec), img_size, pretrained=pretrained)
     return UnetOutputs(unet, image_head=spec.image_head, lungs=spec.lungs)
@@ -42,6 +45,8 @@ def build_torchvision_unet(spec, img_size: tuple[int, int] | None, pretrained: b
 
 def build_timm_unet(spec, img_size: tuple[int, int] | None, pretrained: bool) -> nn.Module:
     "fastai's DynamicUnet on a timm CNN's feature extractor (`timm_encoder`), in `UnetOutputs`."
+    from fastai.vision.models.unet import DynamicUnet
+
     img_size = img_size or (spec.img_size, spec.img_size)
     unet = DynamicUnet(timm_encoder(spec.arch[5:], pretrained), _outputs(spec), img_size)
     return UnetOutputs(unet, image_head=spec.image_head, lungs=spec.lungs)
@@ -56,6 +61,9 @@ def encoder_splitter(model: nn.Module) -> list:
 
 def resnet_splitter(arch: str):
     "fastai's own parameter groups for a torchvision ResNet U-Net (stem + first stages, later stages, decoder), the image head with the decoder."
+    import torchvision
+    from fastai.vision.learner import model_meta
+
     split = model_meta[getattr(torchvision.models, arch)]["split"]
 
     def splitter(model: nn.Module) -> list:
@@ -68,6 +76,8 @@ def resnet_splitter(arch: str):
 
 def fetch_torchvision_weights(arch: str) -> None:
     "Fetch (or find cached) torchvision's ImageNet weights for `arch`; raises when they cannot be had."
+    import torchvision
+
     with contextlib.redirect_stderr(io.StringIO()):  # torch.hub prints its own 'Downloading ...' line
         torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False, check_hash=True)
 

@@ -8,12 +8,15 @@ and this logit side by side (`outputs.ModelOutput`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from fastai.callback.hook import num_features_model
-from fastai.vision.models.unet import DynamicUnet
 from torch import nn
 
 from ..outputs import ModelOutput, model_output
+
+if TYPE_CHECKING:
+    from fastai.vision.models.unet import DynamicUnet
 
 __all__ = ["ImageHead", "UnetOutputs"]
 
@@ -42,6 +45,8 @@ class UnetOutputs(nn.Module):
     encoder's output (the deepest features), computed by a forward hook on the encoder as the U-Net runs."""
 
     def __init__(self, unet: DynamicUnet, image_head: bool = False, lungs: bool = False):
+        from fastai.callback.hook import num_features_model  # imported with the DynamicUnet it measures
+
         super().__init__()
         self.unet, self.lungs = unet, lungs
         self.image_head = ImageHead(num_features_model(unet[0])) if image_head else None
