@@ -28,7 +28,8 @@ from . import __version__, portable
 from .config import Config
 from .dataset import SPLITS, scan_tree
 from .errors import CovfastError
-from .inference import Run, _batch_pixels, _input_size, load_run, run_record, uncalibrated_note, validation_batch
+from .inference import Run, _input_size, load_run, run_record, uncalibrated_note, validation_batch
+from .predictor import _batch_pixels
 from .outputs import OUTPUTS, ModelOutput, model_output
 from .archs import ENSEMBLE
 from .ensemble import weights_digest

@@ -1,15 +1,14 @@
 """Inference: a run's learner with its best weights, batched outputs in the validation pipeline, masks at any size.
 
-evaluate, calibrate, report, compare and predict all score images through this one path, so a mask
-in a report is the mask `covfast predict` writes for the same image.
+evaluate, calibrate, report, compare and serve score images through this path; `covfast predict` runs the same
+model on the same tensors through `predictor.Predictor` (no fastai), so a mask in a report is the mask
+`covfast predict` writes for the same image (tests/test_predict.py checks the two bit for bit).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -17,44 +16,21 @@ import torch
 from fastai.learner import Learner
 from fastai.torch_core import TensorImage, to_device
 from fastai.vision.augment import Resize
-from PIL import Image
 
-from .data import InfectionMask, inference_dataloaders, mask_pixels, xray_pixels
+from .data import InfectionMask, inference_dataloaders
 from .decision import Decision
 from .errors import CovfastError
 from .archs import ENSEMBLE
 from .ensemble import ensemble_model
-from .learner import build_model, covfast_learner, learner_for_spec, pick_device
+from .learner import covfast_learner, learner_for_spec, pick_device
 from .outputs import ModelOutput
 from .precision import autocast, memory_format
-from .runs import load_model_weights, load_weights, read_run, resolve_run
+from .predictor import Run, member_model, pixel_batches, run_record, uncalibrated_note  # noqa: F401  (its names too)
+from .runs import load_model_weights, load_weights
 from .spec import RunSpec
 
 __all__ = ["Run", "uncalibrated_note", "inference_learner", "load_run", "run_record", "validation_batch", "iter_outputs",
            "iter_batches"]
-
-
-@dataclass(frozen=True)
-class Run:
-    "A trained run as inference sees it: its directory, settings, config.json record and decision."
-    dir: Path
-    spec: RunSpec
-    record: dict[str, Any]  # config.json as written (status, pretrained used, precision used, counts, versions ...)
-    decision: Decision
-
-    @property
-    def name(self) -> str:
-        return self.dir.name
-
-
-def uncalibrated_note(run: Run) -> str:
-    """One line for a run whose decision threshold no `covfast calibrate` chose (predict, serve and export say it);
-    '' for a calibrated run, or one with no image-level decision to calibrate."""
-    if run.decision.split is not None or not (run.spec.cls_weight or run.spec.gate_topk):
-        return ""
-    what = "threshold 0.5" if run.spec.cls_weight else "pixel-evidence margin 0"
-    return (f"{run.name} was never calibrated: its decision uses the {what}, not one chosen on Val; run "
-            f"`covfast calibrate {run.name}` first")
 
 
 def inference_learner(spec: RunSpec, decision: Decision | None = None, device: str | torch.device | None = None,
@@ -80,7 +56,7 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
     device = device or record.get("device")
     here = spec.replace(precision=precision)
     # an ensemble's model is its members' (covfast/ensemble.py), each with its own model.pth
-    model = ensemble_model(run_dir, spec, record, _member_model) if spec.arch == ENSEMBLE else None
+    model = ensemble_model(run_dir, spec, record, member_model) if spec.arch == ENSEMBLE else None
     learn = (learner_for_spec(here, device=device, decision=decision, pretrained=False, warn=False, model=model)[0]
              if with_data else inference_learner(here, decision, device, model))
     if model is None:
@@ -91,18 +67,6 @@ def load_run(run: str | Path, runs_dir: str | Path = "runs", device: str | None 
     return learn, loaded
 
 
-def run_record(run: str | Path, runs_dir: str | Path = "runs") -> Run:
-    "A run's directory, settings, config.json record and decision, without its model (ONNX prediction needs no more)."
-    run_dir = resolve_run(run, runs_dir)
-    spec, record = read_run(run_dir)
-    return Run(run_dir, spec, record, Decision.load(run_dir, spec.gate_topk))
-
-
-def _member_model(spec: RunSpec) -> torch.nn.Module:
-    "A member's model, built as its own learner builds it (DynamicUnet sizes its decoder on the member's input size)."
-    return build_model(spec, img_size=(spec.img_size, spec.img_size))
-
-
 def _input_size(learn: Learner) -> tuple[int, int]:
     "(width, height) of the learner's validation Resize."
     for tfm in learn.dls.valid.after_item.fs:
@@ -111,22 +75,8 @@ def _input_size(learn: Learner) -> tuple[int, int]:
     raise CovfastError("the learner's validation transforms hold no Resize; build it with load_run or covfast_learner")
 
 
-def _resized(pixels: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(pixels).resize(size, resample))
-
-
-def _batch_pixels(rows: pd.DataFrame, size: tuple[int, int], with_labels: bool) -> tuple[np.ndarray, ...]:
-    """uint8 X-rays (B, H, W) and masks, resized as the validation `Resize` does (Squish: bilinear for
-    images, nearest for masks). Decoding and resizing release the GIL, so this runs in a helper thread."""
-    x = np.stack([_resized(xray_pixels(p), size, Image.BILINEAR) for p in rows.image])
-    if not with_labels:
-        return (x,)
-    y = np.stack([_resized(mask_pixels(m), size, Image.NEAREST) for m in rows.infection_mask])
-    return x, y
-
-
 def validation_batch(learn: Learner, pixels: tuple[np.ndarray, ...]) -> tuple:
-    """The batch fastai's validation DataLoader would make of these images, from `_batch_pixels`.
+    """The batch fastai's validation DataLoader would make of these images, from `predictor._batch_pixels`.
 
     fastai's per-item pipeline (PILImage, Resize, ToTensor, collation) cost about 3 ms of Python per
     item, some 10% of the Attention U-Net's CPU prediction at 128 px; the resizing here is the same
@@ -160,23 +110,16 @@ def iter_batches(learn: Learner, items: pd.DataFrame, bs: int | None = None, wit
     batch's PNGs are decoded in a helper thread while the model runs on this one.
     """
     bs = bs or learn.dls.bs
-    size = _input_size(learn)
-    starts = range(0, len(items), bs)
     with_attention = attention and hasattr(learn.model, "forward_with_attention")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = pool.submit(_batch_pixels, items.iloc[0:bs], size, with_labels) if len(items) else None
-        for start in (progress(starts, len(starts)) if progress is not None else starts):
-            pixels = ahead.result()
-            if start + bs < len(items):
-                ahead = pool.submit(_batch_pixels, items.iloc[start + bs:start + 2 * bs], size, with_labels)
-            batch = validation_batch(learn, pixels)
-            # a plain Tensor: fastai's typed tensors would send every op of the forward through Python
-            xb = batch[0].as_subclass(torch.Tensor).contiguous(memory_format=memory_format(learn))
-            with autocast(learn):
-                if with_attention:
-                    out, maps = learn.model.forward_with_attention(xb)
-                    out = out.replace(attention=maps[-1])  # the finest gate: most detail
-                else:
-                    out = learn.model(xb)
-            out = out.map(lambda t: t.float())  # the decision, the masks and the metrics are fp32
-            yield start, out, (batch[1].as_subclass(torch.Tensor) if with_labels else None)
+    for start, pixels in pixel_batches(items, _input_size(learn), bs, with_labels, progress):
+        batch = validation_batch(learn, pixels)
+        # a plain Tensor: fastai's typed tensors would send every op of the forward through Python
+        xb = batch[0].as_subclass(torch.Tensor).contiguous(memory_format=memory_format(learn))
+        with autocast(learn):
+            if with_attention:
+                out, maps = learn.model.forward_with_attention(xb)
+                out = out.replace(attention=maps[-1])  # the finest gate: most detail
+            else:
+                out = learn.model(xb)
+        out = out.map(lambda t: t.float())  # the decision, the masks and the metrics are fp32
+        yield start, out, (batch[1].as_subclass(torch.Tensor) if with_labels else None)

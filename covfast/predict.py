@@ -13,13 +13,12 @@ import pandas as pd
 from PIL import Image
 
 from .config import Config
-from .data import _cached_xray, read_mask
 from .errors import CovfastError
 from .decision import EMPTY, FLAGGED, OUTLINED, Prediction, predict_batch, predict_one
-from .figures import captioned, overlay
-from .inputs import collect_images
-from .inference import iter_batches, load_run, run_record, uncalibrated_note
-from .metrics import infection_pct, severity_band_name
+from .inputs import _cached_xray, collect_images, read_mask
+from .overlays import captioned, overlay
+from .portable import infection_pct, severity_band_name
+from .predictor import Predictor, load_predictor, run_record, uncalibrated_note
 from .outputs import figure_labels
 from .runs import resolve_run, run_subdir
 
@@ -100,8 +99,8 @@ def predict(
         from .portable import ExportedModel
         loaded = run_record(run)
         exported = ExportedModel(check_export(loaded)[0])
-    else:
-        learn, loaded = load_run(run, device=device, precision=config.precision)
+    else:  # PyTorch alone: fastai loads only where the model is fastai's (a DynamicUnet)
+        predictor, loaded = load_predictor(run, device=device, precision=config.precision)
     out = Path(out) if out else run_subdir(loaded.dir, "predictions", f"{datetime.now():%Y%m%d-%H%M%S}")
     if (out / "predictions.csv").exists():
         raise CovfastError(f"{out} already holds predictions.csv; choose another --out")
@@ -137,7 +136,7 @@ def predict(
             predictions = _exported_predictions(exported, good, config.bs, progress)
         else:
             items = pd.DataFrame({"image": [str(f) for f in good]})
-            predictions = _torch_predictions(learn, loaded.decision, items, config.bs, progress)
+            predictions = _torch_predictions(predictor, loaded.decision, items, config.bs, progress)
         # each X-ray's overlay and its three PNGs are made in a small pool while the model runs on the next batch
         # (PIL's encoding releases the GIL); names, failures and rows keep the files' order. The pool does no torch
         # work: torch ops there contended with the model's own threads and slowed both
@@ -223,9 +222,10 @@ def _outline(gray: np.ndarray, said: Prediction, given_lung: np.ndarray | None) 
                    caption(decided, p, pct), said.figures)
 
 
-def _torch_predictions(learn, decision, items: pd.DataFrame, bs: int, progress) -> Iterator[tuple[int, Prediction]]:
-    "(index, `Prediction`) per X-ray of `items`, through the run's model (`inference.iter_batches`)."
-    for start, out, _ in iter_batches(learn, items, bs=bs, progress=progress):
+def _torch_predictions(predictor: Predictor, decision, items: pd.DataFrame, bs: int,
+                       progress) -> Iterator[tuple[int, Prediction]]:
+    "(index, `Prediction`) per X-ray of `items`, through the run's model (`predictor.Predictor`)."
+    for start, out in predictor.batches(items, bs, progress):
         shapes = [_cached_xray(path).shape for path in items.image.iloc[start:start + len(out[0])]]
         yield from enumerate(predict_batch(out, decision, shapes), start)
 

@@ -84,7 +84,8 @@ def test_prediction_batches_hold_the_pixels_of_fastais_validation_pipeline(mixed
     "iter_outputs builds its batches without fastai's per-item pipeline; they must be the same tensors."
     from covfast.data import inference_dataloaders
     from covfast.learner import covfast_learner
-    from covfast.inference import _batch_pixels, _input_size, validation_batch
+    from covfast.inference import _input_size, validation_batch
+    from covfast.predictor import _batch_pixels
     from covfast.spec import RunSpec
 
     folder, _ = mixed_folder
@@ -102,6 +103,49 @@ def test_prediction_batches_hold_the_pixels_of_fastais_validation_pipeline(mixed
         assert fast[0].shape == slow[0].shape == (3, 3, size, size)
         assert torch.equal(fast[0], slow[0]), (fast[0] - slow[0]).abs().max()
         assert torch.equal(fast[1], slow[1]) and fast[1].dtype == slow[1].dtype
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_predict_without_fastai_feeds_the_model_what_the_learner_does(synth_root, tmp_path, monkeypatch, precision):
+    """covfast predict's `Predictor` (PyTorch alone) against the learner evaluate uses (`inference.iter_batches`): the
+    same input tensors bit for bit, the same outputs, in either precision; and a predict process on an Attention
+    U-Net run never imports fastai."""
+    import os
+    import subprocess
+    import sys
+
+    from fastai.vision.core import imagenet_stats
+
+    from covfast.config import Config
+    from covfast.inference import _input_size, iter_batches, load_run, validation_batch
+    from covfast.precision import learner_precision
+    from covfast.predictor import IMAGENET_MEAN, IMAGENET_STD, _batch_pixels, load_predictor
+    from tests.helpers import train
+
+    assert [list(IMAGENET_MEAN), list(IMAGENET_STD)] == [list(v) for v in imagenet_stats]
+    monkeypatch.chdir(tmp_path)
+    train("attention-unet", synth_root, Config(img_size=32, bs=4, epochs=1, runs_dir="runs", precision="fp32"),
+          name="a", features="4,8")
+    learn, _ = load_run("a", precision=precision)
+    predictor, _ = load_predictor("a", precision=precision)
+    assert predictor.precision == learner_precision(learn)
+    images = sorted((synth_root / DATASET_DIR / "Test" / "COVID-19" / "images").iterdir())
+    items = pd.DataFrame({"image": [str(p) for p in images]})
+    pixels = _batch_pixels(items, _input_size(learn), with_labels=False)
+    assert predictor.size == _input_size(learn)
+    fastai_batch = validation_batch(learn, pixels)[0].as_subclass(torch.Tensor)
+    assert torch.equal(predictor.inputs(pixels[0]), fastai_batch)
+    through_learner = [out for _, out, _ in iter_batches(learn, items, bs=4)]
+    through_predictor = [out for _, out in predictor.batches(items, bs=4)]
+    for a, b in zip(through_learner, through_predictor, strict=True):
+        assert a.names == b.names and all(torch.equal(x, y) for x, y in zip(a, b))
+    script = ("import sys; from covfast.cli import app\n"
+              f"app(['predict', 'a', {str(images[0])!r}, '--out', 'p'], prog_name='covfast', standalone_mode=False)\n"
+              "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastai', 'matplotlib', 'sklearn'}))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVFAST_")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]" and (tmp_path / "p" / "predictions.csv").is_file()
 
 
 def test_the_written_decision_is_the_one_that_emptied_the_mask():
