@@ -37,7 +37,6 @@ on 2 CPU cores:  python benchmarks/bench.py --size 128 --json bench.json
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -60,6 +59,7 @@ from covfast.data import clear_cache, inference_dataloaders
 from covfast.dataset import scan_tree
 from covfast.decision import learner_decision
 from covfast.learner import learner_for_spec, pick_device
+from covfast.device import autocast
 from covfast.precision import Precision, cpu_runs_bf16, learner_precision, memory_format, resolve_precision
 from covfast.losses import SegLoss
 from covfast.inference import iter_outputs, load_run
@@ -114,13 +114,6 @@ class PairedClock(Callback):
                 raise CancelFitException
 
 
-def autocast(device: torch.device, precision: Precision):
-    "What covfast's learner runs the model in: autocast in `precision`'s dtype, or plain fp32."
-    if precision.dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=precision.dtype)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -167,7 +160,7 @@ class BareStep:
     def __call__(self) -> float:
         t = time.perf_counter()
         self.opt.zero_grad()
-        with autocast(self.device, self.precision):
+        with autocast(self.precision, self.device):
             out = self.model(self.x).map(lambda t: t.float())  # the loss in fp32, as in the learner
             loss = self.loss_func(out, self.y, self.y if out.has("lung") else None)  # a lung target where the loop has one
         loss.backward()
@@ -188,7 +181,7 @@ class BareForward:
     @torch.no_grad()
     def __call__(self) -> float:
         t = time.perf_counter()
-        with autocast(self.device, self.precision):
+        with autocast(self.precision, self.device):
             self.model(self.x)
         sync(self.device)
         return time.perf_counter() - t

@@ -29,7 +29,6 @@ __all__ = ["CODES", "LUNG_CODES", "InfectionMask", "LungMask", "ItemCacheDL", "P
            "loader_settings", "clear_cache"]
 
 
-
 # Background transparent, infection red (the reference study's overlay colour), lungs cyan.
 INFECTION_CMAP = ListedColormap([(0.0, 0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 1.0)], name="infection")
 LUNG_CMAP = ListedColormap([(0.0, 0.0, 0.0, 0.0), (0.0, 0.85, 0.85, 1.0)], name="lung")

@@ -8,13 +8,15 @@ AMX: about twice the fp32 rate for convolutions), else fp32.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from .errors import CovfastError
 
-__all__ = ["PRECISIONS", "Precision", "cpu_runs_bf16", "resolve_precision", "pick_device"]
+__all__ = ["PRECISIONS", "Precision", "cpu_runs_bf16", "resolve_precision", "channels_last", "autocast",
+           "pick_device"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,6 +71,18 @@ def resolve_precision(requested: str, device: str | torch.device) -> Precision:
     if requested == "bf16":
         raise CovfastError(f"--precision bf16 is supported on CPU and CUDA devices, not {device.type}")
     return Precision("fp32", f"{device.type} device: fp32")
+
+
+def channels_last(precision: Precision, device: str | torch.device) -> bool:
+    "Whether a model runs channels_last: under autocast (bf16/fp16), and on CUDA in any precision (as fast there)."
+    return precision.dtype is not None or torch.device(device).type == "cuda"
+
+
+def autocast(precision: Precision, device: str | torch.device):
+    "A context that runs a model in `precision` on `device`: autocast in its dtype, or nothing for plain fp32."
+    if precision.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=precision.dtype)
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -6,8 +6,6 @@ empty-mask decision stay fp32 (the logits are cast back before any of them sees 
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import AMPMode, MixedPrecision
@@ -15,6 +13,7 @@ from fastai.learner import Learner
 from fastcore.foundation import L
 from torch.amp import GradScaler
 
+from .device import autocast as _autocast, channels_last as _channels_last
 from .device import PRECISIONS, Precision, cpu_runs_bf16, resolve_precision  # noqa: F401  (the precision's names too)
 
 __all__ = ["PRECISIONS", "Precision", "cpu_runs_bf16", "resolve_precision", "RunPrecision", "DeviceMixedPrecision",
@@ -59,7 +58,7 @@ def use_precision(learn: Learner, precision: Precision) -> Precision:
     """Set `learn` up for `precision`: channels_last model and batches and `DeviceMixedPrecision` for bf16/fp16,
     channels_last alone for fp32 on CUDA (as fast there), nothing for fp32 elsewhere; a `RunPrecision` callback
     holds what was chosen."""
-    channels_last = precision.dtype is not None or torch.device(learn.dls.device or "cpu").type == "cuda"
+    channels_last = _channels_last(precision, learn.dls.device or "cpu")
     learn.add_cb(RunPrecision(precision, channels_last))
     if precision.dtype is not None:
         learn.add_cb(DeviceMixedPrecision(AMPMode(precision.mode)))
@@ -86,7 +85,4 @@ def memory_format(learn: Learner) -> torch.memory_format:
 
 def autocast(learn: Learner):
     "A context that runs `learn.model` in its precision outside fastai's loop (covfast's own prediction path)."
-    dtype = learner_precision(learn).dtype
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(learn.dls.device or "cpu").type, dtype=dtype)
+    return _autocast(learner_precision(learn), learn.dls.device or "cpu")

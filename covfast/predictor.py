@@ -21,7 +21,7 @@ from PIL import Image
 
 from .archs import ENSEMBLE, arch_entry
 from .decision import Decision
-from .device import Precision, pick_device, resolve_precision
+from .device import Precision, autocast, channels_last, pick_device, resolve_precision
 from .ensemble import ensemble_model
 from .inputs import mask_pixels, xray_pixels
 from .outputs import ModelOutput
@@ -106,8 +106,8 @@ class Predictor:
 
     @property
     def channels_last(self) -> bool:
-        "As the learner runs it (`precision.use_precision`): under autocast, and on CUDA."
-        return self.precision.dtype is not None or self.device.type == "cuda"
+        "As the learner runs it (`device.channels_last`)."
+        return channels_last(self.precision, self.device)
 
     def inputs(self, pixels: np.ndarray) -> torch.Tensor:
         """(B, 3, h, w) float32 of (B, h, w) uint8 X-rays: the gray on 3 channels, / 255, ImageNet-normalised, the same
@@ -122,11 +122,8 @@ class Predictor:
     @torch.no_grad()
     def __call__(self, pixels: np.ndarray) -> ModelOutput:
         xb = self.inputs(pixels)
-        if self.precision.dtype is None:
+        with autocast(self.precision, self.device):
             out = self.model(xb)
-        else:
-            with torch.autocast(self.device.type, dtype=self.precision.dtype):
-                out = self.model(xb)
         return out.map(lambda t: t.float())  # the decision, the masks and the metrics are fp32
 
     def batches(self, items: pd.DataFrame, bs: int, progress=None) -> Iterator[tuple[int, ModelOutput]]:
