@@ -33,9 +33,10 @@ def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.5, lung: np.nda
     blended = (1 - alpha) * rgb[mask].astype(np.float32) + alpha * np.array([255.0, 0.0, 0.0], np.float32)
     rgb[mask] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     if lung is not None:
-        edge = _outline(lung.astype(bool))
+        lung = lung.astype(bool)
+        edge = _outline(lung)
         if max(gray.shape) >= 512:  # two pixels wide on large X-rays, so it stays visible when shrunk
-            edge = _outline(lung.astype(bool)) | _outline(lung.astype(bool) & ~edge)
+            edge = edge | _outline(lung & ~edge)
         rgb[edge] = LUNG_RGB
     return rgb
 
